@@ -1,0 +1,36 @@
+# Every target sets itself up: the virtual environment is created and filled when missing
+# (or when pyproject.toml changed). torch/torchvision are pinned to the builds on disk.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint format train-shapes bench-quality clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)  ## the main job on the bundled shapes models, offline, on the CPU
+	$(VENV)/bin/winnow run configs/demo.yaml
+
+test: $(STAMP)  ## the whole test suite (CPU, offline)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+train-shapes: $(STAMP)  ## retrain the bundled shapes models (CPU, seeded, ~45 min)
+	$(PY) -m models.shapes.train
+
+bench-quality: $(STAMP)  ## curation quality on the shapes world -> bench/results/shapes.json
+	$(PY) -m bench.quality
+
+clean:
+	rm -rf catalog .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The Parquet catalog: schema, atomic writers, contact sheet. No Prefect here."""

@@ -1,0 +1,157 @@
+"""The ``winnow`` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+app = typer.Typer(
+    help="Generate N candidates per prompt, score them, keep the best, catalog everything.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def quiet_libraries() -> None:
+    """Keep Prefect's and the model libraries' chatter out of the user's way.
+
+    Set before Prefect is imported; a user's own environment settings win.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+class RateColumn(ProgressColumn):
+    """Candidates per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} img/s" if speed else "… img/s", style="progress.data.speed")
+
+
+@app.callback()
+def main() -> None:
+    quiet_libraries()
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="run config (YAML)")],
+    prompts: Annotated[Path | None, typer.Option(help="prompt file (overrides prompts.path)")] = None,
+    out: Annotated[Path | None, typer.Option(help="catalog folder (overrides run.out)")] = None,
+    n: Annotated[int | None, typer.Option("-n", "--candidates", help="candidates per prompt")] = None,
+    keep: Annotated[int | None, typer.Option("-k", "--keep", help="kept per prompt")] = None,
+    seed: Annotated[int | None, typer.Option(help="run seed")] = None,
+    run_id: Annotated[str | None, typer.Option(help="run id (default: hash of config + prompts)")] = None,
+    limit: Annotated[int | None, typer.Option(help="use only the first N prompts")] = None,
+    steps: Annotated[int | None, typer.Option(help="denoising steps")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="candidates per pipeline call")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default auto)")] = None,
+    workers: Annotated[int | None, typer.Option(help="shards processed concurrently")] = None,
+) -> None:
+    """Generate, score and select candidates for every prompt; write the catalog."""
+    from flows.config import load_config
+    from models.errors import WinnowError
+
+    overrides = {
+        "prompts.path": prompts,
+        "prompts.limit": limit,
+        "run.out": out,
+        "run.candidates": n,
+        "run.seed": seed,
+        "run.run_id": run_id,
+        "select.keep": keep,
+        "generator.steps": steps,
+        "generator.batch_size": batch_size,
+        "generator.device": device,
+        "runner.workers": workers,
+    }
+    try:
+        cfg = load_config(config, {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
+        summary = _run_with_progress(cfg)
+    except WinnowError as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished shards are kept; run the same command to resume")
+        raise typer.Exit(130) from None
+    _print_summary(summary)
+    if cfg.run.contact_sheet:
+        from catalog.contact_sheet import contact_sheet
+        from catalog.summary import read_run
+
+        sheet = contact_sheet(
+            read_run(summary.catalog, summary.run_id),
+            summary.catalog,
+            summary.catalog / f"contact-sheet-{summary.run_id}.png",
+        )
+        console.print(f"contact sheet: [bold]{sheet}[/]")
+    console.print(f"catalog: [bold]{summary.catalog}[/] (run {summary.run_id})")
+
+
+def _run_with_progress(cfg):  # -> RunSummary
+    from flows import progress
+    from flows.curate import run_curate
+
+    columns = (
+        TextColumn("[bold]generating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("candidates", total=None)  # the flow announces it via progress.expect
+        progress.listen(lambda k: bar.advance(task, k), lambda t: bar.update(task, total=t))
+        try:
+            return run_curate(cfg)
+        finally:
+            progress.listen(None)
+
+
+def _print_summary(s) -> None:
+    table = Table(title=f"winnow run {s.run_id}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("prompts", str(s.prompts))
+    table.add_row("candidates", str(s.candidates))
+    table.add_row("kept", f"{s.kept} ({s.kept / max(s.candidates, 1):.0%})")
+    table.add_row("shards", f"{s.shards} ({s.skipped_shards} already done, skipped)")
+    table.add_row("wall time", f"{s.seconds:.1f} s")
+    table.add_row("images/s", f"{s.images_per_s:.2f} (generated + scored this run: {s.generated})")
+    table.add_row("catalog", str(s.catalog))
+    console.print(table)
+    scores = Table(title="scores: kept vs rejected", title_justify="left")
+    for col in ("score", "group", "count", "mean", "min", "median", "max"):
+        scores.add_column(col, justify="left" if col in ("score", "group") else "right")
+    for row in s.scores:
+        scores.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in row))
+    console.print(scores)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,118 @@
+"""The run configuration: a YAML file validated by pydantic, with CLI overrides.
+
+Relative paths are relative to the directory ``winnow`` runs in. Every key is documented in
+the README ("Configuration"); unknown keys are errors, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models.errors import WinnowError
+from models.generator import GeneratorParams
+from scoring.base import REGISTRY
+from scoring.select import Policy
+
+
+class ConfigError(WinnowError):
+    """A config file or override that is not valid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PromptsConfig(_Section):
+    path: Path = Field(description="prompt file: .txt, .csv, .tsv, .jsonl or .parquet")
+    limit: int | None = Field(None, ge=1, description="use only the first N prompts")
+
+
+class RunConfig(_Section):
+    out: Path = Field(Path("catalog"), description="catalog folder (created if missing)")
+    run_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="default: hash of config and prompts"
+    )
+    seed: int = Field(0, ge=0, description="run seed; candidate seeds derive from it")
+    candidates: int = Field(4, ge=1, description="N: candidates generated per prompt")
+    shard_size: int = Field(8, ge=1, description="prompts per shard (one task, one Parquet part)")
+    save_rejected: bool = Field(False, description="also write PNGs of candidates not kept")
+    contact_sheet: bool = Field(True, description="write contact-sheet.png (candidates vs kept)")
+
+
+class RunnerConfig(_Section):
+    kind: Literal["threads"] = Field("threads", description="Prefect task runner")
+    workers: int = Field(1, ge=1, description="shards processed concurrently")
+
+
+class Config(_Section):
+    prompts: PromptsConfig
+    generator: GeneratorParams
+    scorers: dict[str, dict[str, Any]] = Field(description="scorer name -> its parameters")
+    select: Policy = Field(default_factory=Policy)
+    run: RunConfig = Field(default_factory=RunConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+
+    @model_validator(mode="after")
+    def _scorers_known(self) -> Config:
+        for name, params in self.scorers.items():
+            if name not in REGISTRY:
+                raise ValueError(f"unknown scorer {name!r} (known: {', '.join(sorted(REGISTRY))})")
+            try:
+                REGISTRY[name].Params.model_validate(params or {})
+            except ValidationError as err:
+                raise ValueError(f"scorers.{name}: {_first_error(err)}") from None
+        self.select.check(list(self.scorers))
+        return self
+
+    def result_hash(self) -> str:
+        """Hash of everything that changes the catalog's content (not where it goes)."""
+        data = self.model_dump(mode="json", exclude={"run": {"out", "run_id"}, "runner": True})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {where!r}"
+    if first["type"] == "missing":
+        return f"missing key {where!r}"
+    value = first.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}{shown}" if where else msg
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        data = data.setdefault(key, {})
+    data[leaf] = value
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate ``path``; ``overrides`` maps dotted keys to values (None = unset)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set(data, key, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {_first_error(err)}") from None

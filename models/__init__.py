@@ -1,0 +1,1 @@
+"""Model sources, loading and the text-to-image generator (no Prefect here)."""
