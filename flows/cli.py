@@ -37,7 +37,10 @@ def quiet_libraries() -> None:
     Set before Prefect is imported; a user's own environment settings win.
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Flow and task logs still reach Prefect's API (the UI); the terminal gets winnow's own
+    # progress, summary and one-line errors. PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=INFO
+    # brings Prefect's console logs back.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -95,6 +98,9 @@ def run(
     except WinnowError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         raise typer.Exit(2) from None
+    except OSError as err:  # a full disk, a read-only folder...: finished shards stay written
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished shards are kept; run the same command to resume")
         raise typer.Exit(130) from None

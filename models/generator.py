@@ -84,6 +84,8 @@ def _load(source: Source, params: GeneratorParams, dtype: torch.dtype):  # -> Di
     import diffusers
     from diffusers import AutoPipelineForText2Image
 
+    diffusers.utils.logging.disable_progress_bar()  # winnow shows its own progress
+
     if source.kind == "single_file":
         if params.single_file_config:
             config = resolve(params.single_file_config).path

@@ -10,7 +10,7 @@ import pytest
 # No hub, no telemetry, no chatter: set before any model library or Prefect is imported.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
 os.environ["PREFECT_SERVER_LOGGING_LEVEL"] = "WARNING"
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def tiny_head(tmp_path_factory: pytest.TempPathFactory, tiny_clip) -> Path:
     from scoring.testing import build_tiny_aesthetic_head
 
     path = tmp_path_factory.mktemp("tiny-head") / "head.safetensors"
-    build_tiny_aesthetic_head(path, dim=tiny_clip.embed_dim)
+    build_tiny_aesthetic_head(path, dim=32)  # TINY_CLIP_CONFIG embed_dim
     return path
 
 

@@ -40,14 +40,13 @@ def test_fixed_size_batches_with_padding(tiny_sd):
 def test_image_does_not_depend_on_its_batch(tiny_sd):
     """The same request alone, first in a batch, or last in another batch: the same image."""
     reqs = requests(7)
-    in_batch_of_4 = torch.cat(
-        [b.images for b in Generator(GeneratorParams(model=str(tiny_sd), steps=2, batch_size=4)).generate(reqs)]
-    )
-    alone = torch.cat(
-        [b.images for b in Generator(GeneratorParams(model=str(tiny_sd), steps=2, batch_size=1)).generate(reqs)]
-    )
-    shuffled = [reqs[6], reqs[0], reqs[3]]
-    other = next(Generator(GeneratorParams(model=str(tiny_sd), steps=2, batch_size=3)).generate(shuffled)).images
+
+    def images(batch_size: int, batch: list[Request]) -> torch.Tensor:
+        gen = Generator(GeneratorParams(model=str(tiny_sd), steps=2, batch_size=batch_size))
+        return torch.cat([b.images for b in gen.generate(batch)])
+
+    in_batch_of_4, alone = images(4, reqs), images(1, reqs)
+    other = images(3, [reqs[6], reqs[0], reqs[3]])
     torch.testing.assert_close(in_batch_of_4, alone, atol=1e-4, rtol=0)
     torch.testing.assert_close(other, alone[[6, 0, 3]], atol=1e-4, rtol=0)
     # ...and different seeds do give different images.

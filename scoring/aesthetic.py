@@ -1,0 +1,176 @@
+"""LAION "improved aesthetic predictor": an MLP on CLIP image embeddings that predicts a 1-10
+rating of how much people like an image.
+
+The published head (``sac+logos+ava1-l14-linearMSE.pth``) is a plain PyTorch state dict with
+keys ``layers.{0,2,4,6,7}.{weight,bias}``: Linear 768->1024, Dropout, Linear 1024->128, Dropout,
+Linear 128->64, Dropout, Linear 64->16, Linear 16->1, no activations. It expects L2-normalised
+image embeddings of OpenAI CLIP ViT-L/14 (open_clip ``ViT-L-14`` / ``openai``, or
+``ViT-L-14-quickgelu`` with a local copy of those weights). Heads with the
+same layout and other widths (the bundled ``shapes-aesthetic``) load the same way.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.errors import ModelNotFoundError, WinnowError
+from models.sources import resolve
+from scoring.base import Candidates, Scorer, ScorerParams, register
+from scoring.clip import ClipSpec, image_embeddings, load_clip
+
+_KEY = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
+
+
+class HeadFormatError(WinnowError):
+    """A head file that is not a safe, LAION-layout state dict."""
+
+
+class AestheticHead(nn.Module):
+    """Maps (n, d) L2-normalised CLIP image embeddings to (n,) aesthetic scores.
+
+    ``layers`` is an ``nn.Sequential`` whose indices match the state-dict keys: a Linear where
+    the file has ``layers.i.weight``, a Dropout in each gap (identity in eval mode, kept so the
+    indices line up). Always returned in eval mode.
+    """
+
+    def __init__(self, layers: nn.Sequential) -> None:
+        super().__init__()
+        self.layers = layers
+
+    @property
+    def in_features(self) -> int:
+        """Embedding width the head expects (768 for the published LAION head)."""
+        return next(m for m in self.layers if isinstance(m, nn.Linear)).in_features
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(n, d) embeddings -> (n,) scores."""
+        return self.layers(embeddings).squeeze(-1)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], source: str = "state dict") -> AestheticHead:
+        """Build the Sequential the keys describe and load ``state`` into it (strictly)."""
+        linear: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in state.items():
+            match = _KEY.match(key)
+            if match is None or not isinstance(value, torch.Tensor):
+                raise HeadFormatError(
+                    f"{source}: unexpected entry {key!r}; expected LAION keys layers.N.weight/bias"
+                )
+            linear.setdefault(int(match[1]), {})[match[2]] = value
+        if not linear or any(set(p) != {"weight", "bias"} for p in linear.values()):
+            raise HeadFormatError(f"{source}: every layers.N needs both weight and bias")
+        modules: list[nn.Module] = []
+        width: int | None = None
+        for index in range(max(linear) + 1):
+            if index not in linear:
+                modules.append(nn.Dropout(p=0.0))  # p is moot: the head is only used in eval
+                continue
+            weight, bias = linear[index]["weight"], linear[index]["bias"]
+            if weight.ndim != 2 or bias.shape != weight.shape[:1]:
+                raise HeadFormatError(f"{source}: layers.{index} is not a Linear layer")
+            if width is not None and weight.shape[1] != width:
+                raise HeadFormatError(
+                    f"{source}: layers.{index} takes {weight.shape[1]} inputs but gets {width}"
+                )
+            width = weight.shape[0]
+            modules.append(nn.Linear(weight.shape[1], weight.shape[0]))
+        if width != 1 or isinstance(modules[-1], nn.Dropout):
+            raise HeadFormatError(f"{source}: the last layer must be a Linear with one output")
+        head = cls(nn.Sequential(*modules))
+        head.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        return head.eval()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> AestheticHead:
+        """Load a head from ``.safetensors`` or a PyTorch state dict (``.pth``/``.pt``/``.bin``).
+
+        Pickle files are read with ``torch.load(weights_only=True)``, which refuses anything but
+        tensors and plain containers, so a malicious file cannot run code.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ModelNotFoundError(f"aesthetic head {str(path)!r} does not exist")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as err:
+            line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise HeadFormatError(
+                f"aesthetic head {str(path)!r} is not a safe tensor file ({type(err).__name__}: {line})"
+            ) from None
+        if not isinstance(state, dict):
+            raise HeadFormatError(f"aesthetic head {str(path)!r} holds no state dict")
+        return cls.from_state_dict(state, source=f"aesthetic head {str(path)!r}")
+
+
+_HEADS: dict[tuple[Path, str], AestheticHead] = {}
+_LOCK = threading.Lock()
+
+
+def head_path(ref: str) -> Path:
+    """``bundled:NAME`` (via ``models.sources``) or a local file path."""
+    if ref.startswith("bundled:"):
+        return resolve(ref).path
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"aesthetic head {ref!r} does not exist; give the path of a LAION-format .pth or "
+            ".safetensors file (e.g. sac+logos+ava1-l14-linearMSE.pth) or bundled:shapes-aesthetic"
+        )
+    return path
+
+
+def load_head(ref: str, device: torch.device | str) -> AestheticHead:
+    """The head for ``ref`` on ``device``, loaded once per process (thread-safe)."""
+    key = (head_path(ref).resolve(), str(torch.device(device)))
+    with _LOCK:
+        if key not in _HEADS:
+            _HEADS[key] = AestheticHead.from_file(key[0]).to(device)
+        return _HEADS[key]
+
+
+class AestheticParams(ScorerParams):
+    """``clip``: the CLIP the head was trained on (ViT-L-14 / openai for LAION's head);
+    ``head``: path to the head, or ``bundled:shapes-aesthetic``."""
+
+    clip: ClipSpec
+    head: str
+
+
+@register
+class AestheticScorer(Scorer):
+    """LAION aesthetic score of each image, on the head's scale: roughly 1-10 for the published
+    head (around 5 is average, above 6.5 is "good"), higher is better. The prompt is ignored."""
+
+    name = "aesthetic"
+    Params = AestheticParams
+    params: AestheticParams
+
+    def setup(self) -> None:
+        """Load CLIP and head; fail early if the head does not fit the CLIP's embedding width."""
+        clip = load_clip(self.params.clip, self.device)
+        head = load_head(self.params.head, self.device)
+        if head.in_features != clip.embed_dim:
+            raise HeadFormatError(
+                f"aesthetic head {self.params.head!r} takes {head.in_features}-d embeddings but "
+                f"CLIP {self.params.clip.model!r} gives {clip.embed_dim}-d; use the CLIP the head "
+                "was trained on (ViT-L-14 / openai for the LAION head)"
+            )
+
+    def score(self, batch: Candidates) -> torch.Tensor:
+        """(n,) float32 CPU scores on the head's scale."""
+        self.setup()  # cached after the first call; also validates the widths
+        head = load_head(self.params.head, self.device)
+        embeddings = image_embeddings(batch, self.params.clip, self.device)
+        with torch.inference_mode():
+            return head(embeddings.to(next(head.parameters()).device)).float().cpu()
