@@ -11,11 +11,13 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 2: added ``source`` (rows of version 1 have none; they are all generated).
+SCHEMA_VERSION = 2
 
 _BASE = [
     ("schema_version", pa.int16(), "catalog schema version of this row"),
     ("run_id", pa.string(), "run this row belongs to"),
+    ("source", pa.string(), "generated (by a run) | external (scored by winnow score)"),
     ("shard_id", pa.string(), "shard (task) within the run"),
     ("prompt_id", pa.string(), "content hash of prompt + negative prompt"),
     ("candidate_id", pa.string(), "<prompt_id>-<candidate index>"),

@@ -22,6 +22,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from flows.commands import register
+
 app = typer.Typer(
     help="Generate N candidates per prompt, score them, keep the best, catalog everything.",
     no_args_is_help=True,
@@ -158,6 +160,8 @@ def _print_summary(s) -> None:
         scores.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in row))
     console.print(scores)
 
+
+register(app)  # catalog stats/query, regenerate, export, report, score
 
 if __name__ == "__main__":
     sys.exit(app())

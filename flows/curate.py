@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, task, unmapped
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from catalog.cleanup import remove_stale_temps
+from catalog.report import write_report
 from catalog.summary import read_run, score_table
 from flows import progress
 from flows.config import Config
@@ -51,6 +53,8 @@ def curate(config: Config) -> RunSummary:
     prompts = read_prompts(config.prompts.path, config.generator.negative_prompt, config.prompts.limit)
     run_id = config.run.run_id or default_run_id(config, prompts)
     plans = plan_shards(run_id, prompts, config.run.shard_size)
+    root = Path(config.run.out)
+    remove_stale_temps(root / "runs" / run_id, root / "images" / run_id)  # left by a killed run
     progress.expect(len(prompts) * config.run.candidates)
     futures = process_shard_task.map(unmapped(config), plans)
     results = [f.result() for f in futures]
@@ -75,6 +79,12 @@ def curate(config: Config) -> RunSummary:
             f"run {run_id}: {summary.prompts} prompts, {summary.candidates} candidates, "
             f"{summary.kept} kept, catalog {summary.catalog}"
         ),
+    )
+    report = write_report(root, root / f"report-{run_id}.html", run_id)
+    create_markdown_artifact(
+        key="curate-report",
+        markdown=f"[HTML report of run {run_id}]({report.resolve().as_uri()}): `{report.resolve()}`",
+        description=f"run {run_id}: every candidate with its scores, kept ones highlighted",
     )
     return summary
 

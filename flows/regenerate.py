@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from catalog.writer import encode_png
 from models.errors import WinnowError
 from models.generator import Generator, GeneratorParams, Request, to_uint8
 from models.sources import resolve
@@ -50,3 +53,43 @@ def regenerate(shard_rows: pd.DataFrame, candidate_id: str) -> np.ndarray:
 def read_png(root: Path, relpath: str) -> np.ndarray:
     with Image.open(root / relpath) as img:
         return np.asarray(img.convert("RGB"))
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of regenerating one catalog row: ``stored`` is the recorded sha256 of its
+    image (None when no image was saved), ``regenerated`` the sha256 of the new PNG."""
+
+    run_id: str
+    candidate_id: str
+    stored: str | None
+    regenerated: str
+    pixels: np.ndarray
+
+    @property
+    def match(self) -> bool | None:
+        """True/False against the stored hash; None when there is nothing to compare with."""
+        return None if self.stored is None else self.stored == self.regenerated
+
+
+def check_row(root: str | Path, candidate_id: str, run_id: str | None = None) -> Check:
+    """Regenerate ``candidate_id`` (of ``run_id``, needed only when several runs hold it) from
+    what the catalog at ``root`` records, and hash it as the writer would."""
+    from catalog.query import read_catalog
+
+    rows = read_catalog(root, run_id)
+    match = rows[rows["candidate_id"] == candidate_id]
+    runs = sorted(match["run_id"].unique())
+    if not runs:
+        where = f"run {run_id!r}" if run_id else "the catalog"
+        raise WinnowError(f"candidate {candidate_id!r} is not in {where} at {root}")
+    if len(runs) > 1:
+        raise WinnowError(f"candidate {candidate_id!r} is in runs {', '.join(runs)}: pick one with --run")
+    row = match.iloc[0]
+    if row["source"] != "generated":
+        raise WinnowError(f"candidate {candidate_id!r} is an {row['source']} image: nothing to regenerate")
+    shard = rows[(rows["run_id"] == row["run_id"]) & (rows["shard_id"] == row["shard_id"])]
+    pixels = regenerate(shard, candidate_id)
+    digest = hashlib.sha256(encode_png(pixels)).hexdigest()
+    stored = row["image_sha256"] if isinstance(row["image_sha256"], str) else None
+    return Check(row["run_id"], candidate_id, stored, digest, pixels)

@@ -1,0 +1,42 @@
+"""Remove temporary files that a killed writer left behind.
+
+The writer (``catalog.writer``) writes ``.<name>.<pid>.tmp`` beside the final file and
+renames it; a process killed in between (SIGKILL, power loss) leaves the temp file. Readers
+never see it (it is a dot-file not ending in ``.parquet``), and a resumed run writes its own
+temp names, so a leftover is only clutter. This removes the ones whose writer process no
+longer runs on this machine; a live writer's temp files (a concurrent run) are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(*folders: str | Path) -> list[Path]:
+    """Delete writer temp files in ``folders`` (not recursive) whose process is gone; return them."""
+    removed = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            match = _TEMP.match(path.name)
+            if match and not _alive(int(match[1])):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed

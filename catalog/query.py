@@ -1,0 +1,107 @@
+"""Read a whole catalog: every finished part of every run, under one unified schema.
+
+Parts written by different runs may have different columns (a scorer added later, a column
+added by a newer schema version). Readers here unify them by name: a column missing from a
+part is null in its rows. Rows written before ``source`` existed (schema version 1) are all
+generated, and read back as ``source = 'generated'``.
+
+Two ways in:
+
+- pandas: ``read_catalog(root)`` (or ``read_table`` for Arrow);
+- SQL: ``connect(root)`` gives a DuckDB connection with a view named ``catalog`` over
+  ``read_parquet('<root>/runs/*/*.parquet', union_by_name = true)``.
+
+Only finished parts are read: the writer's temporary files are dot-files named ``*.tmp``,
+which neither the glob below nor pyarrow's dataset discovery picks up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from models.errors import WinnowError
+
+VIEW = "catalog"
+
+
+class CatalogError(WinnowError):
+    """A catalog folder that is missing, empty, or a query that fails."""
+
+
+def part_files(root: str | Path, run_id: str | None = None) -> list[Path]:
+    """The finished Parquet parts under ``root`` (of one run if given), in a stable order."""
+    runs = Path(root) / "runs"
+    pattern = f"{run_id}/*.parquet" if run_id else "*/*.parquet"
+    return sorted(p for p in runs.glob(pattern) if not p.name.startswith((".", "_")))
+
+
+def _require_parts(root: str | Path, run_id: str | None) -> list[Path]:
+    parts = part_files(root, run_id)
+    if not parts:
+        where = f"run {run_id!r} in {root}" if run_id else str(root)
+        raise CatalogError(f"no catalog parts found for {where} (expected runs/<run_id>/shard-*.parquet)")
+    return parts
+
+
+def read_table(root: str | Path, run_id: str | None = None) -> pa.Table:
+    """All rows (of ``run_id`` if given) as one Arrow table with the union of all parts' columns."""
+    tables = [pq.read_table(p) for p in _require_parts(root, run_id)]
+    table = pa.concat_tables(tables, promote_options="permissive")
+    if "source" not in table.column_names:
+        table = table.append_column("source", pa.nulls(table.num_rows, pa.string()))
+    source = table["source"].cast(pa.string())
+    filled = pc.fill_null(source, "generated")
+    return table.set_column(table.column_names.index("source"), "source", filled)
+
+
+def read_catalog(root: str | Path, run_id: str | None = None) -> pd.DataFrame:
+    """``read_table`` as a pandas DataFrame (missing scores are NaN, missing strings None)."""
+    return read_table(root, run_id).to_pandas()
+
+
+def score_columns(columns: list[str]) -> list[str]:
+    """The per-scorer columns (``score_<name>``) among ``columns``, sorted."""
+    return sorted(c for c in columns if c.startswith("score_"))
+
+
+def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the view ``catalog`` over every finished part."""
+    _require_parts(root, None)
+    glob = str(Path(root).resolve() / "runs" / "*" / "*.parquet").replace("'", "''")
+    con = duckdb.connect()
+    source = f"read_parquet('{glob}', union_by_name = true)"
+    columns = [row[0] for row in con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+    if "source" in columns:
+        select = "SELECT * REPLACE (coalesce(source, 'generated') AS source)"
+    else:
+        select = "SELECT *, 'generated' AS source"
+    con.execute(f"CREATE VIEW {VIEW} AS {select} FROM {source}")
+    return con
+
+
+def query(root: str | Path, sql: str) -> pa.Table:
+    """Run ``sql`` (which may name the view ``catalog``) and return the result as Arrow."""
+    con = connect(root)
+    try:
+        return con.sql(sql).to_arrow_table()
+    except duckdb.Error as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CatalogError(f"query failed: {first}") from None
+    finally:
+        con.close()
+
+
+def select_rows(root: str | Path, where: str | None = None, run_id: str | None = None) -> pd.DataFrame:
+    """Catalog rows matching an SQL ``where`` condition (and run), in catalog order."""
+    conditions = [f"({where})"] if where else []
+    if run_id:
+        conditions.append(f"run_id = '{run_id.replace(chr(39), chr(39) * 2)}'")
+    clause = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    order = "ORDER BY run_id, shard_id, prompt_id, candidate_index"
+    return query(root, f"SELECT * FROM {VIEW} {clause} {order}").to_pandas()

@@ -1,0 +1,248 @@
+"""CLI commands over an existing catalog: stats, query, regenerate, export, report, score.
+
+Registered into the ``winnow`` app by ``flows.cli`` (``register(app)``). Heavy imports happen
+inside the commands, so ``winnow --help`` stays fast. Errors are one line (``error: ...``,
+exit status 2); ``regenerate`` exits 1 when the image does not match its recorded hash.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+err_console = Console(stderr=True)
+DEFAULT_CATALOG = Path("catalog")
+TABLE_ROWS = 1000  # rows shown by `catalog query` as a table; use --format csv for all
+
+catalog_app = typer.Typer(help="Inspect a catalog: statistics and SQL.", no_args_is_help=True)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    from models.errors import WinnowError
+
+    try:
+        yield
+    except WinnowError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _split(args: list[str], what: str) -> tuple[Path, str]:
+    """``[CATALOG] VALUE`` -> (catalog, value); the catalog defaults to ./catalog."""
+    if len(args) == 1:
+        return DEFAULT_CATALOG, args[0]
+    if len(args) == 2:
+        return Path(args[0]), args[1]
+    err_console.print(
+        f"[bold red]error:[/] expected [CATALOG] {what}, got {len(args)} arguments", soft_wrap=True
+    )
+    raise typer.Exit(2)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _print_frame(df, title: str | None = None) -> None:  # df: pandas.DataFrame
+    table = Table(title=title, title_justify="left")
+    for column in df.columns:
+        table.add_column(str(column), justify="right" if df[column].dtype.kind in "iuf" else "left")
+    for record in df.head(TABLE_ROWS).itertuples(index=False):
+        table.add_row(*(_fmt(v) for v in record))
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    if len(df) > TABLE_ROWS:
+        err_console.print(f"({len(df) - TABLE_ROWS} more rows not shown; use --format csv or --out)")
+
+
+@catalog_app.command("stats")
+def stats(
+    catalog: Annotated[Path, typer.Argument(help="catalog folder")] = DEFAULT_CATALOG,
+    run: Annotated[str | None, typer.Option(help="only this run")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+) -> None:
+    """Runs, prompts, candidates, kept, acceptance rate, and score distributions per run."""
+    from catalog.query import read_catalog
+    from catalog.stats import run_stats, score_stats
+
+    with _one_line_errors():
+        rows = read_catalog(catalog, run)
+    runs, scores = run_stats(rows), score_stats(rows)
+    if json_out:
+        import json
+
+        data = {
+            "runs": _records(runs.assign(first=runs["first"].astype(str), last=runs["last"].astype(str))),
+            "scores": _records(scores),
+        }
+        print(json.dumps(data, indent=2))
+        return
+    shown = runs.drop(columns=["first", "last"]).assign(acceptance=runs["acceptance"].map("{:.1%}".format))
+    _print_frame(shown, "runs")
+    _print_frame(scores.assign(score=scores["score"].str.removeprefix("score_")), "scores (finite values)")
+
+
+def _records(df) -> list[dict]:
+    import json
+
+    return json.loads(df.to_json(orient="records"))
+
+
+@catalog_app.command("query")
+def query(
+    args: Annotated[list[str], typer.Argument(metavar="[CATALOG] SQL", help="SQL over the view `catalog`")],
+    format: Annotated[str, typer.Option("--format", help="table, csv, json or parquet")] = "table",
+    out: Annotated[
+        Path | None, typer.Option(help="write here instead of stdout (needed for parquet)")
+    ] = None,
+) -> None:
+    """DuckDB SQL over every run of the catalog, as the view `catalog` (columns unified by name).
+
+    Example: winnow catalog query "select run_id, avg(score_aesthetic) from catalog where kept group by 1"
+    """
+    from catalog.query import CatalogError
+    from catalog.query import query as run_query
+
+    root, sql = _split(args, "SQL")
+    with _one_line_errors():
+        if format not in ("table", "csv", "json", "parquet"):
+            raise CatalogError(f"unknown --format {format!r} (use table, csv, json or parquet)")
+        if format == "parquet" and out is None:
+            raise CatalogError("--format parquet needs --out FILE")
+        result = run_query(root, sql)
+    if format == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(result, out)
+        err_console.print(f"{result.num_rows} rows -> {out}")
+        return
+    df = result.to_pandas()
+    if format == "table":
+        _print_frame(df)
+        return
+    text = df.to_csv(index=False) if format == "csv" else df.to_json(orient="records", date_format="iso")
+    if out is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        out.write_text(text, encoding="utf-8")
+        err_console.print(f"{len(df)} rows -> {out}")
+
+
+def regenerate_command(
+    args: Annotated[list[str], typer.Argument(metavar="[CATALOG] CANDIDATE_ID")],
+    run: Annotated[str | None, typer.Option(help="run id (when several runs hold the candidate)")] = None,
+    out: Annotated[Path | None, typer.Option(help="also save the regenerated PNG here")] = None,
+) -> None:
+    """Regenerate a catalog row from what it records and check it against its image hash.
+
+    Exit status 0 on a match, 1 on a mismatch.
+    """
+    from catalog.writer import encode_png
+    from flows.regenerate import check_row
+
+    root, candidate = _split(args, "CANDIDATE_ID")
+    with _one_line_errors():
+        check = check_row(root, candidate, run)
+    if out is not None:
+        out.write_bytes(encode_png(check.pixels))
+    if check.match is None:
+        print(f"regenerated {candidate} (run {check.run_id}): sha256 {check.regenerated}; no image was saved")
+    elif check.match:
+        print(f"match: {candidate} (run {check.run_id}) regenerates to sha256 {check.regenerated}")
+    else:
+        print(f"mismatch: {candidate} (run {check.run_id}): stored {check.stored}, ", end="")
+        print(f"regenerated {check.regenerated}")
+        raise typer.Exit(1)
+
+
+def export_command(
+    format: Annotated[str, typer.Option("--format", help="imagefolder, webdataset or kohya")],
+    out: Annotated[Path, typer.Option(help="export folder (created; must be empty)")],
+    where: Annotated[str | None, typer.Option(help="SQL condition over the view `catalog`")] = None,
+    kept_only: Annotated[bool, typer.Option("--kept-only", help="only kept candidates")] = False,
+    run: Annotated[str | None, typer.Option(help="only this run")] = None,
+    shard_size: Annotated[int, typer.Option(help="webdataset: samples per tar")] = 1000,
+    repeats: Annotated[int, typer.Option(help="kohya: repeats, the folder is <repeats>_<name>")] = 1,
+    name: Annotated[str, typer.Option(help="kohya: concept name of the folder")] = "winnow",
+    catalog: Annotated[Path, typer.Argument(help="catalog folder")] = DEFAULT_CATALOG,
+) -> None:
+    """Export rows that have an image file as a training set (images + captions + metadata)."""
+    from catalog.export import export
+
+    with _one_line_errors():
+        result = export(catalog, format, out, where, kept_only, run, shard_size, repeats, name)
+    for row_id, why in result.skipped:
+        err_console.print(f"skipped {row_id}: {why}", highlight=False)
+    err_console.print(
+        f"exported {result.samples} samples as {format} to [bold]{out}[/] "
+        f"({len(result.files)} files, {result.bytes / 1e6:.2f} MB; {len(result.skipped)} skipped)"
+    )
+
+
+def report_command(
+    catalog: Annotated[Path, typer.Argument(help="catalog folder")] = DEFAULT_CATALOG,
+    run: Annotated[str | None, typer.Option(help="only this run")] = None,
+    out: Annotated[Path, typer.Option(help="HTML file to write")] = Path("report.html"),
+    max_prompts: Annotated[int, typer.Option(help="prompts shown with thumbnails")] = 200,
+) -> None:
+    """One self-contained HTML page: run summary, score histograms, every candidate by prompt."""
+    from catalog.report import write_report
+
+    with _one_line_errors():
+        path = write_report(catalog, out, run, max_prompts)
+    err_console.print(f"report: [bold]{path}[/]")
+
+
+def score_command(
+    folder: Annotated[Path, typer.Argument(help="folder of images (searched recursively)")],
+    config: Annotated[Path, typer.Option(help="run config: its scorers, select and run sections")],
+    prompts_from: Annotated[str, typer.Option(help="sidecar, csv:FILE (columns file,prompt) or filename")] = (
+        "sidecar"
+    ),
+    out: Annotated[Path | None, typer.Option(help="catalog folder (overrides run.out)")] = None,
+    run_id: Annotated[str | None, typer.Option(help="run id (default: hash of images and settings)")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ... (default auto)")] = "auto",
+) -> None:
+    """Score existing images with the config's scorers and policy; catalog them as external."""
+    from catalog.external import score_folder
+    from flows.score_config import load_score_config
+
+    with _one_line_errors():
+        cfg = load_score_config(config)
+        root = out or cfg.run.out
+        result = score_folder(
+            folder,
+            prompts_from,
+            cfg.scorers,
+            cfg.select,
+            root,
+            run_id=run_id,
+            shard_size=cfg.run.shard_size,
+            save_rejected=cfg.run.save_rejected,
+            device=device,
+        )
+    for rel, why in result.skipped:
+        err_console.print(f"skipped {rel}: {why}", highlight=False)
+    err_console.print(
+        f"scored {result.images} images ({result.kept} kept, {len(result.skipped)} files skipped, "
+        f"{result.skipped_shards}/{result.shards} shards already done) into [bold]{root}[/] "
+        f"(run {result.run_id}, source=external)"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the ``winnow`` app."""
+    app.add_typer(catalog_app, name="catalog")
+    app.command("regenerate")(regenerate_command)
+    app.command("export")(export_command)
+    app.command("report")(report_command)
+    app.command("score")(score_command)

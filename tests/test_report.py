@@ -1,0 +1,121 @@
+"""The HTML report: written by every flow run (with a Prefect artifact pointing at it) and by
+`winnow report`; opened in headless Chromium, which must render every thumbnail without errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from catalog.query import read_catalog
+from flows.cli import app
+from flows.config import load_config
+from flows.curate import run_curate
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
+]
+
+
+def chromium() -> str:
+    """Debian's chromium, installed with apt-get when missing (skip only where that fails)."""
+    exe = shutil.which("chromium")
+    if exe:
+        return exe
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        pytest.skip("chromium is not installed and cannot be installed here (needs root and apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+        try:
+            subprocess.run(command, env=env, capture_output=True, timeout=900, check=True)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+            pytest.skip(f"chromium could not be installed ({' '.join(command)}: {type(err).__name__})")
+    return shutil.which("chromium") or pytest.skip("apt-get installed chromium but it is not on PATH")
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory, prefect_harness, tiny_sd, tiny_clip, tiny_head):
+    """A flow run (3 prompts x 3 candidates, 2 kept, rejected images not saved)."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("report")
+    (folder / "prompts.txt").write_text("a red circle\na blue square <b>bold</b>\na cat\n")
+    clip = {"model": str(tiny_clip.model), "pretrained": str(tiny_clip.pretrained)}
+    data = {
+        "prompts": {"path": str(folder / "prompts.txt")},
+        "generator": {"model": str(tiny_sd), "steps": 2, "batch_size": 4, "guidance": 3.0},
+        "scorers": {"clip_score": {"clip": clip}, "aesthetic": {"clip": clip, "head": str(tiny_head)}},
+        "select": {"keep": 2},
+        "run": {"out": str(folder / "catalog"), "candidates": 3, "shard_size": 2},
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(data))
+    summary = run_curate(load_config(folder / "config.yaml"))
+    return summary
+
+
+def test_flow_writes_report_and_artifact(flow_run):
+    from prefect.artifacts import Artifact
+
+    report = flow_run.catalog / f"report-{flow_run.run_id}.html"
+    assert report.is_file()
+    artifact = Artifact.get("curate-report")
+    assert artifact is not None and str(report.resolve()) in artifact.data
+
+
+def test_report_renders_in_headless_chromium(flow_run, tmp_path):
+    root, run_id = flow_run.catalog, flow_run.run_id
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", str(root), "--run", run_id, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    rows = read_catalog(root, run_id)
+    with_image = int(rows["image_path"].notna().sum())
+    assert html.count("<img ") == with_image == 6 and html.count("class='placeholder'") == 3
+    assert html.count("data:image/png;base64,") == with_image
+    assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html
+    assert "&lt;b&gt;bold&lt;/b&gt;" in html  # prompt text is escaped
+    assert html.count("<svg class='hist'") == 3  # clip_score, aesthetic, combined
+    assert html.count("not_top_k") == 3
+
+    exe = chromium()
+    profile = tmp_path / "chromium-profile"
+    flags = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+    dom = subprocess.run(
+        [*flags, "--virtual-time-budget=5000", "--dump-dom", out.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    body = re.search(r"<body[^>]*>", dom.stdout)
+    assert body, dom.stderr[-2000:]
+    assert 'data-render="done"' in body[0]
+    assert f'data-images="{with_image}/{with_image}"' in body[0]  # every <img> decoded
+    assert 'data-errors="0"' in body[0]
+    assert "CONSOLE" not in dom.stderr and "Uncaught" not in dom.stderr
+
+    shot = tmp_path / "report-screenshot.png"
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1280,1400", out.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    with Image.open(shot) as img:
+        pixels = np.asarray(img.convert("RGB"))
+    assert pixels.shape[:2] == (1400, 1280)
+    green = np.all(pixels == (0x2A, 0x9D, 0x4B), axis=-1)  # kept frames and kept histogram bars
+    assert green.sum() > 1000
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # thumbnails, not a blank page
+    print(f"report screenshot: {shot}")

@@ -1,0 +1,286 @@
+"""Crash safety: `winnow run` killed with SIGKILL at several points, then resumed, and run
+concurrently with itself and with another run, leaves a catalog equal to an uninterrupted one.
+
+Each `winnow run` is a real process running the real CLI (``flows.cli.app``). To spare the
+~12 s of imports and the model loading per process on this small machine, processes are
+forked from one "fork server" that imported torch/diffusers/Prefect and loaded the tiny
+models (with one torch thread, so no thread pool exists at fork time); children talk to the
+session's Prefect test server. Kill points inside a run come from a patch of ``os.replace``
+installed in the child only (no test hook in library code):
+
+1. SIGKILL right after the 4th PNG rename: shard 0 done, one image of shard 1 written, its
+   part not (between an image write and its shard's Parquet);
+2. SIGKILL with shard 2's Parquet temp file half written and not renamed (mid-Parquet);
+3. SIGKILL from the test, as soon as a randomly chosen image of shard 3 or 4 appears in the
+   folder (during generation);
+4. then two processes resume the run at the same time (a barrier holds each one's first part
+   rename until both have one, so they provably write the same shard concurrently) while a
+   third writes the same config under another run id: the uninterrupted reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from catalog.cleanup import remove_stale_temps
+from catalog.query import read_catalog
+from flows.prompts import read_prompts
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = ["a red circle", "a blue square", "a green star", "a pink cube", "a gray dot", "a teal ring"]
+VOLATILE = ["run_id", "image_path", "created_at", "generation_seconds", "scoring_seconds"]
+
+FORK_SERVER = r"""
+import json, os, signal, sys, time, traceback
+import torch, diffusers, open_clip  # noqa: F401  imported once, before any fork
+import flows.cli, flows.curate  # noqa: F401
+
+def install_kill(kill):
+    real, pngs = os.replace, [0]
+    def replace(src, dst, *args, **kwargs):
+        if kill and kill["at"] == "parquet" and str(dst).endswith(kill["name"]):
+            os.truncate(src, os.path.getsize(src) // 2)  # the part's temp file, half written
+            os.kill(os.getpid(), signal.SIGKILL)
+        if kill and kill["at"] == "barrier" and str(dst).endswith(".parquet") and not pngs[0] < 0:
+            # Hold the first part until every process of the barrier holds its first part, so
+            # processes resuming one run provably write the same shard at the same time.
+            pngs[0] = -1
+            open(os.path.join(kill["dir"], str(os.getpid())), "w").close()
+            for _ in range(6000):
+                if len(os.listdir(kill["dir"])) >= kill["n"]:
+                    break
+                time.sleep(0.01)
+        real(src, dst, *args, **kwargs)
+        if kill and kill["at"] == "png" and str(dst).endswith(".png"):
+            pngs[0] += 1
+            if pngs[0] == kill["n"]:
+                os.kill(os.getpid(), signal.SIGKILL)  # an image renamed, its shard's part not written
+    os.replace = replace
+
+def warm(path):
+    # Load the run's models once, here, so children find them in the process caches (as later
+    # shards of one run do). One torch thread: no OpenMP pool exists when the children fork.
+    from flows.config import load_config
+    from models.generator import load_pipeline
+    from scoring.base import build_scorers
+
+    torch.set_num_threads(1)
+    config = load_config(path)
+    load_pipeline(config.generator)
+    for scorer in build_scorers(config.scorers, torch.device("cpu")):
+        scorer.setup()
+
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
+print("ready", flush=True)
+for line in sys.stdin:
+    job = json.loads(line)
+    if "warm" in job:
+        warm(job["warm"])
+        print("warm", flush=True)
+        continue
+    pid = os.fork()
+    if pid:
+        print(pid, flush=True)
+        continue
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    install_kill(job["kill"])
+    code = 1
+    try:
+        flows.cli.app(job["args"], prog_name="winnow")
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    except BaseException:
+        traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(job["log"] + ".rc", "w") as f:
+        f.write(str(code))
+    os._exit(code)
+"""
+
+
+class ForkServer:
+    """Starts `winnow` processes forked from one pre-imported Python."""
+
+    def __init__(self, folder: Path, api_url: str) -> None:
+        script = folder / "fork_server.py"
+        script.write_text(FORK_SERVER)
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": api_url,  # the session's test server: no ephemeral server per child
+            "PREFECT_HOME": str(folder / "prefect-home"),
+            "HF_HUB_OFFLINE": "1",
+        }
+        self.folder = folder
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            cwd=REPO, env=env,
+        )  # fmt: skip
+        assert self.proc.stdout.readline().strip() == "ready"
+        self.jobs = 0
+
+    def warm(self, config: Path) -> None:
+        self.proc.stdin.write(json.dumps({"warm": str(config)}) + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "warm"
+
+    def start(self, args: list[str], kill: dict | None = None) -> tuple[int, Path]:
+        self.jobs += 1
+        log = self.folder / f"job-{self.jobs}.log"
+        self.proc.stdin.write(json.dumps({"args": args, "kill": kill, "log": str(log)}) + "\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline()), log
+
+    @staticmethod
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def wait(self, pid: int, log: Path, timeout: float = 240) -> int | None:
+        """The exit status, or None if the process died without one (killed)."""
+        deadline = time.monotonic() + timeout
+        while self.alive(pid):
+            assert time.monotonic() < deadline, f"winnow run did not finish: {log.read_text()[-2000:]}"
+            time.sleep(0.05)
+        rc = Path(f"{log}.rc")
+        return int(rc.read_text()) if rc.exists() else None
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.kill()  # its children have all exited; skip its slow interpreter teardown
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def fork_server(tmp_path, prefect_harness):
+    from prefect.settings import PREFECT_API_URL
+
+    server = ForkServer(tmp_path, PREFECT_API_URL.value())
+    yield server
+    server.close()
+
+
+def parts(root: Path, run_id: str) -> list[Path]:
+    return sorted((root / "runs" / run_id).glob("*.parquet"))
+
+
+def check_readers(root: Path, rows: int) -> None:
+    """Every reader sees exactly the finished parts, whatever temp files lie beside them."""
+    assert len(read_catalog(root)) == rows
+    assert pq.read_table(root / "runs").num_rows == rows
+    assert len(pd.read_parquet(root / "runs")) == rows
+    glob = f"{root}/runs/*/*.parquet"
+    assert duckdb.sql(f"select count(*) from read_parquet('{glob}', union_by_name=true)").fetchall() == [
+        (rows,)
+    ]
+
+
+def test_kill_resume_and_concurrent_runs(fork_server, make_config, tmp_path):
+    config = make_config(
+        PROMPTS,
+        generator={"batch_size": 2},
+        run={"candidates": 3, "shard_size": 1, "save_rejected": True, "contact_sheet": False},
+        select={"keep": 1},
+    )
+    fork_server.warm(config)
+    root = tmp_path / "catalog"
+    run = ["run", str(config), "--run-id", "resumed"]
+    n_rows = len(PROMPTS) * 3
+
+    # 1. killed right after the first image of shard 1 is renamed, before shard 1's part
+    pid, log = fork_server.start(run, kill={"at": "png", "n": 4})
+    assert fork_server.wait(pid, log) is None, log.read_text()
+    assert [p.name for p in parts(root, "resumed")] == ["shard-00000.parquet"]
+    assert len(list((root / "images" / "resumed").glob("*.png"))) == 4  # 3 of shard 0, 1 of shard 1
+    check_readers(root, 3)
+
+    # 2. resumed, then killed in the middle of writing shard 2's Parquet part
+    pid, log = fork_server.start(run, kill={"at": "parquet", "name": "shard-00002.parquet"})
+    assert fork_server.wait(pid, log) is None, log.read_text()
+    assert len(parts(root, "resumed")) == 2
+    stale = list((root / "runs" / "resumed").glob(".shard-00002.parquet.*.tmp"))
+    assert len(stale) == 1 and stale[0].stat().st_size > 0
+    check_readers(root, 6)  # the half-written part is invisible to pyarrow, pandas and DuckDB
+
+    # 3. resumed, then killed from outside as soon as a randomly chosen image of shard 3 (or the
+    # first of shard 4) appears: found by polling the folder, the process is generating
+    ids = [p.id for p in read_prompts(tmp_path / "prompts.txt")]
+    images = [f"{ids[3]}-{i:03d}.png" for i in range(3)] + [f"{ids[4]}-000.png"]
+    target = random.Random(4).choice(images)
+    pid, log = fork_server.start(run)
+    while not (root / "images" / "resumed" / target).exists():
+        assert fork_server.alive(pid), log.read_text()
+        time.sleep(0.002)
+    os.kill(pid, signal.SIGKILL)
+    assert fork_server.wait(pid, log) is None, log.read_text()
+    assert not stale[0].exists()  # the stale temp file of the dead process 2 was removed
+    finished = len(parts(root, "resumed"))
+    assert 3 <= finished < len(PROMPTS)
+    summary = {"random kill": f"at image {target}, {finished}/{len(PROMPTS)} parts written"}
+
+    # 4. two processes resume the same run while a third writes another run into the catalog
+    (barrier := tmp_path / "barrier").mkdir()
+    hold = {"at": "barrier", "dir": str(barrier), "n": 2}
+    jobs = [
+        fork_server.start(run, hold),
+        fork_server.start(run, hold),
+        fork_server.start([*run[:-1], "other"]),
+    ]
+    assert [fork_server.wait(pid, log) for pid, log in jobs] == [0, 0, 0], [
+        log.read_text()[-3000:] for _, log in jobs
+    ]
+    skipped = [int(re.search(r"(\d+) already done, skipped", log.read_text())[1]) for _, log in jobs[:2]]
+    assert all(s == finished for s in skipped)  # both resumed from the same point
+    assert len(list(barrier.iterdir())) == 2  # and both wrote the first unfinished shard
+    summary["skipped by the concurrent resumers"] = skipped
+
+    rows = read_catalog(root)
+    resumed, other = (rows[rows["run_id"] == r].reset_index(drop=True) for r in ("resumed", "other"))
+    assert len(resumed) == len(other) == n_rows  # nothing lost
+    assert not resumed.duplicated(["candidate_id"]).any()  # nothing twice
+    assert resumed["seed"].is_unique
+    for row in rows.itertuples():  # every row's image (kept or not: save_rejected) matches its hash
+        assert hashlib.sha256((root / row.image_path).read_bytes()).hexdigest() == row.image_sha256
+    # the interrupted run equals the uninterrupted one: same rows, ids, seeds, scores, image bytes
+    pd.testing.assert_frame_equal(
+        resumed.drop(columns=VOLATILE).sort_values("candidate_id").reset_index(drop=True),
+        other.drop(columns=VOLATILE).sort_values("candidate_id").reset_index(drop=True),
+    )
+    assert resumed["kept"].sum() == len(PROMPTS)
+    assert not [p for p in root.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+    check_readers(root, 2 * n_rows)
+    summary.update(processes=fork_server.jobs, rows=n_rows, lost=0, duplicated=0)
+    print("kill test:", json.dumps(summary))
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / f".shard-00001.parquet.{int(dead.stdout)}.tmp"
+    live = tmp_path / f".shard-00002.parquet.{os.getpid()}.tmp"  # a running writer's: kept
+    other = tmp_path / ".notes.tmp"
+    for path in (stale, live, other):
+        path.write_bytes(b"x")
+    assert remove_stale_temps(tmp_path, tmp_path / "missing") == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
