@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format train-shapes bench-quality clean
+.PHONY: demo test lint format train-shapes bench bench-quality clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,9 @@ format: $(STAMP)
 
 train-shapes: $(STAMP)  ## retrain the bundled shapes models (CPU, seeded, ~45 min)
 	$(PY) -m models.shapes.train
+
+bench: $(STAMP)  ## throughput: notebook loop vs winnow vs bound on the CPU -> bench/results/cpu.json
+	$(PY) -m bench.cpu
 
 bench-quality: $(STAMP)  ## curation quality on the shapes world -> bench/results/shapes.json
 	$(PY) -m bench.quality

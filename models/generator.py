@@ -3,13 +3,19 @@
 Every candidate has its own ``torch.Generator`` seed, derived from (run seed, prompt id,
 candidate index) and recorded in the catalog, so any candidate can be regenerated and a
 candidate's image does not depend on which batch it landed in (up to float rounding).
+
+Images stay on the generator's device until they must be written. A pipeline call that runs
+out of device memory is retried at half the batch size (and the rest of the shard keeps the
+smaller size), so a too-ambitious ``batch_size`` slows a run down instead of losing it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,8 @@ from models.errors import ModelNotFoundError, WinnowError
 from models.sources import Source, resolve
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+log = logging.getLogger(__name__)
 
 
 class GeneratorParams(BaseModel):
@@ -42,6 +50,9 @@ class GeneratorParams(BaseModel):
     dtype: DType = Field("auto", description="auto = bfloat16/float16 on CUDA, float32 on CPU")
     device: str = Field("auto", description="auto = cuda when available, else cpu")
     batch_size: int = Field(8, ge=1, description="candidates per pipeline call (last batch padded)")
+    channels_last: bool = Field(False, description="UNet and VAE in channels-last memory format (GPU)")
+    compile: bool = Field(False, description="torch.compile the UNet; one uncounted warm-up call per process")
+    vae_slicing: bool = Field(False, description="decode latents one image at a time (less peak memory)")
 
     @field_validator("scheduler")
     @classmethod
@@ -112,15 +123,48 @@ def _load(source: Source, params: GeneratorParams, dtype: torch.dtype):  # -> Di
     return pipe
 
 
-def load_pipeline(params: GeneratorParams):  # -> DiffusionPipeline
-    """The pipeline for ``params``, loaded once per process and reused by every task."""
+def _tune(pipe, params: GeneratorParams):  # -> DiffusionPipeline
+    """Apply the speed settings. Attention needs none: diffusers already uses PyTorch's fused
+    ``scaled_dot_product_attention`` (``AttnProcessor2_0``) by default."""
+    if params.channels_last:
+        # Convolutions dominate the UNet and VAE; cuDNN's fastest kernels want NHWC.
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if params.vae_slicing:
+        pipe.vae.enable_slicing()
+    if params.compile:
+        # In place, so pipe.unet keeps its config and the pipeline keeps working unchanged.
+        pipe.unet.compile(fullgraph=True)
+    return pipe
+
+
+def _pipeline_key(params: GeneratorParams) -> tuple:
     source = resolve(params.model)
     device, dtype = pick_device(params)
-    key = (source.path, params.single_file_config, params.scheduler, device, dtype)
+    return (
+        source.path,
+        params.single_file_config,
+        params.scheduler,
+        device,
+        dtype,
+        params.channels_last,
+        params.compile,
+        params.vae_slicing,
+    )
+
+
+def load_pipeline(params: GeneratorParams):  # -> DiffusionPipeline
+    """The pipeline for ``params``, loaded once per process and reused by every task."""
+    key = _pipeline_key(params)
     with _LOCK:
         if key not in _PIPELINES:
-            _PIPELINES[key] = _load(source, params, dtype).to(device)
+            pipe = _load(resolve(params.model), params, key[4]).to(key[3])
+            _PIPELINES[key] = _tune(pipe, params)
         return _PIPELINES[key]
+
+
+# Pipeline keys whose compiled UNet has run once (compilation happens at the first call).
+_WARM: set[tuple] = set()
 
 
 @dataclass(frozen=True)
@@ -134,20 +178,31 @@ class Request:
 
 @dataclass(frozen=True)
 class Batch:
-    """One pipeline call's output: images for ``requests[start:start + len(images)]``."""
+    """One pipeline call's output: images for ``requests[start:start + len(images)]``.
+
+    ``size`` is the call's batch size, padding included: ``batch_size``, or less after an
+    out-of-memory retry. ``seconds`` is the call's wall time.
+    """
 
     index: int
     start: int
+    size: int
     images: torch.Tensor  # (n, 3, H, W) float32 in [0, 1], on the generator's device
     seconds: float
 
 
 class Generator:
-    """Generates candidates in fixed-size batches mixing prompts, one seed per candidate."""
+    """Generates candidates in fixed-size batches mixing prompts, one seed per candidate.
+
+    ``oom_retries`` counts the calls that ran out of device memory and were retried at half
+    the size; ``batch_size`` is the size the next call will use.
+    """
 
     def __init__(self, params: GeneratorParams) -> None:
         self.params = params
         self.device, self.dtype = pick_device(params)
+        self.batch_size = params.batch_size
+        self.oom_retries = 0
 
     @property
     def identity(self) -> dict[str, object]:
@@ -170,48 +225,78 @@ class Generator:
         """Yield one ``Batch`` per ``batch_size`` requests, in order.
 
         The last batch is padded by repeating its last request, so every pipeline call has
-        the same shape; the padding's outputs are dropped.
+        the same shape; the padding's outputs are dropped. A call that runs out of device
+        memory is retried at half the size (see the module docstring); at size 1 the error
+        is final.
         """
-        import time
-
         if not requests:
             return
         pipe = load_pipeline(self.params)
-        size = self.params.batch_size
-        for index, start in enumerate(range(0, len(requests), size)):
+        self._warm_up(pipe, requests[0])
+        index = start = 0
+        while start < len(requests):
+            size = self.batch_size
             chunk = list(requests[start : start + size])
             real = len(chunk)
             chunk += [chunk[-1]] * (size - real)
             began = time.perf_counter()
-            images = self._call(pipe, chunk)[:real]
+            try:
+                images = self._call(pipe, chunk)[:real]
+            except torch.OutOfMemoryError:
+                self._shrink(size)
+                continue
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            yield Batch(index, start, images.float(), time.perf_counter() - began)
+            yield Batch(index, start, size, images.float(), time.perf_counter() - began)
+            index += 1
+            start += real
 
-    def _call(self, pipe, chunk: list[Request]) -> torch.Tensor:
-        try:
-            with torch.inference_mode():
-                return pipe(
-                    prompt=[r.prompt for r in chunk],
-                    negative_prompt=[r.negative_prompt for r in chunk],
-                    # CPU generators: the same seed gives the same noise on every device.
-                    generator=[torch.Generator("cpu").manual_seed(r.seed) for r in chunk],
-                    num_inference_steps=self.params.steps,
-                    guidance_scale=self.params.guidance,
-                    width=self.params.width,
-                    height=self.params.height,
-                    output_type="pt",
-                ).images
-        except torch.OutOfMemoryError:
+    def _shrink(self, size: int) -> None:
+        if size == 1:
             raise WinnowError(
-                f"out of memory generating a batch of {len(chunk)}; lower generator.batch_size"
+                "out of memory generating a single image; use a smaller width/height, "
+                "generator.vae_slicing: true, or a GPU with more memory"
             ) from None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # hand the failed call's blocks back before the retry
+        self.batch_size = size // 2
+        self.oom_retries += 1
+        log.warning("out of memory at batch size %d; retrying at %d", size, self.batch_size)
+
+    def _warm_up(self, pipe, request: Request) -> None:
+        """Trigger ``torch.compile``'s compilation outside the timed calls. The compiled graph
+        depends on shapes, not on the step count, so two steps suffice."""
+        key = _pipeline_key(self.params)
+        if not self.params.compile or key in _WARM:
+            return
+        self._call(pipe, [request] * self.batch_size, steps=2)
+        _WARM.add(key)
+
+    def _call(self, pipe, chunk: list[Request], steps: int | None = None) -> torch.Tensor:
+        with torch.inference_mode():
+            return pipe(
+                prompt=[r.prompt for r in chunk],
+                negative_prompt=[r.negative_prompt for r in chunk],
+                # CPU generators: the same seed gives the same noise on every device.
+                generator=[torch.Generator("cpu").manual_seed(r.seed) for r in chunk],
+                num_inference_steps=steps or self.params.steps,
+                guidance_scale=self.params.guidance,
+                width=self.params.width,
+                height=self.params.height,
+                output_type="pt",
+            ).images
 
 
 def _default_size(pipe) -> int:
     return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """(n, 3, H, W) floats in [0, 1] -> (n, H, W, 3) uint8 on the same device, rounded as
+    diffusers does (exact arithmetic, so the same bytes on every device)."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """(n, 3, H, W) floats in [0, 1] -> (n, H, W, 3) uint8 on the CPU, rounded as diffusers does."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    """``to_pixels`` on the CPU."""
+    return to_pixels(images).cpu()
