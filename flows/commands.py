@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 err_console = Console(stderr=True)
-DEFAULT_CATALOG = Path("catalog")
+DEFAULT_CATALOG = Path("out/catalog")  # run.out's default (flows/config.py)
 TABLE_ROWS = 1000  # rows shown by `catalog query` as a table; use --format csv for all
 
 catalog_app = typer.Typer(help="Inspect a catalog: statistics and SQL.", no_args_is_help=True)

@@ -34,7 +34,7 @@ class PromptsConfig(_Section):
 
 
 class RunConfig(_Section):
-    out: Path = Field(Path("catalog"), description="catalog folder (created if missing)")
+    out: Path = Field(Path("out/catalog"), description="catalog folder (created if missing)")
     run_id: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="default: hash of config and prompts"
     )
