@@ -16,6 +16,14 @@ os.environ["PREFECT_SERVER_LOGGING_LEVEL"] = "WARNING"
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """The test models are tiny: thread start-up costs more than it saves on 2 cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     """``../shared`` beside the checkout: real artifacts (LAION weights, PartiPrompts)."""
