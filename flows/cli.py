@@ -50,11 +50,12 @@ def quiet_libraries() -> None:
 
 
 class RateColumn(ProgressColumn):
-    """Candidates per second."""
+    """Candidates per second since the bar started (batches can take longer than rich's
+    30-second speed window, so its windowed estimate would often be empty)."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.2f} img/s" if speed else "… img/s", style="progress.data.speed")
+        rate = task.completed / task.elapsed if task.elapsed else 0.0
+        return Text(f"{rate:.2f} img/s" if rate else "… img/s", style="progress.data.speed")
 
 
 @app.callback()
