@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,6 +18,8 @@ from models.errors import WinnowError
 from models.generator import GeneratorParams
 from scoring.base import REGISTRY
 from scoring.select import Policy
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(WinnowError):
@@ -60,14 +62,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _scorers_known(self) -> Config:
-        for name, params in self.scorers.items():
-            if name not in REGISTRY:
-                raise ValueError(f"unknown scorer {name!r} (known: {', '.join(sorted(REGISTRY))})")
-            try:
-                REGISTRY[name].Params.model_validate(params or {})
-            except ValidationError as err:
-                raise ValueError(f"scorers.{name}: {_first_error(err)}") from None
-        self.select.check(list(self.scorers))
+        check_scorers(self.scorers, self.select)
         return self
 
     def result_hash(self) -> str:
@@ -99,6 +94,15 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read and validate ``path``; ``overrides`` maps dotted keys to values (None = unset)."""
     path = Path(path)
+    data = read_yaml(path)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set(data, key, value)
+    return validate(Config, data, path)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file, or a one-line ``ConfigError``."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
@@ -109,10 +113,24 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         raise ConfigError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', err)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            _set(data, key, value)
+    return data
+
+
+def validate(model: type[M], data: dict[str, Any], path: Path) -> M:
+    """``model.model_validate(data)`` with its first error as a one-line ``ConfigError``."""
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"{path}: {_first_error(err)}") from None
+
+
+def check_scorers(scorers: dict[str, dict[str, Any]], select: Policy) -> None:
+    """Every scorer is registered, its parameters are valid, and the policy names only them."""
+    for name, params in scorers.items():
+        if name not in REGISTRY:
+            raise ValueError(f"unknown scorer {name!r} (known: {', '.join(sorted(REGISTRY))})")
+        try:
+            REGISTRY[name].Params.model_validate(params or {})
+        except ValidationError as err:
+            raise ValueError(f"scorers.{name}: {_first_error(err)}") from None
+    select.check(list(scorers))

@@ -9,11 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flows.config import ConfigError, RunConfig, _first_error
-from scoring.base import REGISTRY
+from flows.config import RunConfig, check_scorers, read_yaml, validate
 from scoring.select import Policy
 
 
@@ -28,25 +26,9 @@ class ScoreConfig(BaseModel):
 
     @model_validator(mode="after")
     def _scorers_known(self) -> ScoreConfig:
-        for scorer, params in self.scorers.items():
-            if scorer not in REGISTRY:
-                raise ValueError(f"unknown scorer {scorer!r} (known: {', '.join(sorted(REGISTRY))})")
-            try:
-                REGISTRY[scorer].Params.model_validate(params or {})
-            except ValidationError as err:
-                raise ValueError(f"scorers.{scorer}: {_first_error(err)}") from None
-        self.select.check(list(self.scorers))
+        check_scorers(self.scorers, self.select)
         return self
 
 
 def load_score_config(path: Path) -> ScoreConfig:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({getattr(err, 'problem', err)})") from None
-    try:
-        return ScoreConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(f"{path}: {_first_error(err)}") from None
+    return validate(ScoreConfig, read_yaml(path), path)
