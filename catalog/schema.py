@@ -12,7 +12,8 @@ from collections.abc import Iterable
 import pyarrow as pa
 
 # 2: added ``source`` (rows of version 1 have none; they are all generated).
-SCHEMA_VERSION = 2
+# 3: added ``round`` (adaptive N; older rows have none: they are all round 0).
+SCHEMA_VERSION = 3
 
 _BASE = [
     ("schema_version", pa.int16(), "catalog schema version of this row"),
@@ -22,6 +23,7 @@ _BASE = [
     ("prompt_id", pa.string(), "content hash of prompt + negative prompt"),
     ("candidate_id", pa.string(), "<prompt_id>-<candidate index>"),
     ("candidate_index", pa.int32(), "0..N-1 within the prompt"),
+    ("round", pa.int16(), "adaptive-N round that generated it (0 = first; always 0 for a fixed N)"),
     ("prompt", pa.string(), "the prompt text"),
     ("negative_prompt", pa.string(), "the negative prompt ('' = none)"),
     ("prompt_meta", pa.string(), "JSON object of the prompt file's other columns"),
@@ -42,7 +44,7 @@ _BASE = [
     ("combined_score", pa.float64(), "weighted combination within the prompt (-inf if unscorable)"),
     ("rank", pa.int32(), "1 = best combined score within the prompt"),
     ("kept", pa.bool_(), "selected by the policy"),
-    ("reject_reason", pa.string(), "null if kept; below_floor:<scorer>, not_top_k, ..."),
+    ("reject_reason", pa.string(), "null if kept; below_floor:<scorer>, not_top_k, pruned_at_step:<S>, ..."),
     ("image_path", pa.string(), "PNG path relative to the catalog root (null if not saved)"),
     ("image_sha256", pa.string(), "sha256 of the PNG file's bytes"),
     ("generation_seconds", pa.float64(), "generation wall time per candidate (its batch / batch size)"),

@@ -134,8 +134,12 @@ def _run_with_progress(cfg):  # -> RunSummary
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("candidates", total=None)  # the flow announces it via progress.expect
-        progress.listen(lambda k: bar.advance(task, k), lambda t: bar.update(task, total=t))
+        task = bar.add_task("candidates", total=0)  # the flow announces it via progress.report
+
+        def show(done: int, more: int) -> None:
+            bar.update(task, advance=done, total=bar.tasks[task].total + more)
+
+        progress.listen(show)
         try:
             return run_curate(cfg)
         finally:

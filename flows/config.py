@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PositiveInt,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from models.errors import WinnowError
 from models.generator import GeneratorParams
@@ -35,13 +45,55 @@ class PromptsConfig(_Section):
     limit: int | None = Field(None, ge=1, description="use only the first N prompts")
 
 
+# Union member tags; they are left out of error locations.
+_FIXED, _ROUNDS = "<N>", "<rounds>"
+
+
+class CandidateRounds(_Section):
+    """Adaptive N: generate ``min`` candidates per prompt, then ``min`` more per round for the
+    prompts with fewer than ``until_kept`` eligible candidates (clearing every floor and
+    ceiling), until each has them or has ``max`` candidates."""
+
+    min: int = Field(ge=1, description="candidates per prompt in each round")
+    max: int = Field(ge=1, description="most candidates per prompt, over all rounds")
+    until_kept: int | None = Field(
+        None, ge=1, description="eligible candidates wanted per prompt (default: select.keep)"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CandidateRounds:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class PruneConfig(_Section):
+    """Early pruning: after ``at`` of the denoising steps, score each candidate's predicted
+    final image and stop the worst ``drop`` of each prompt's candidates in the batch."""
+
+    at: float = Field(gt=0, lt=1, description="fraction of generator.steps done when pruning")
+    drop: float = Field(gt=0, lt=1, description="fraction of each prompt's candidates stopped")
+    scorer: str = Field("clip_score", description="configured scorer that ranks the previews")
+
+    def step(self, steps: int) -> int:
+        """The denoising step after which candidates are pruned (1..steps-1)."""
+        return round(self.at * steps)
+
+    def survivors(self, candidates: int) -> int:
+        """Candidates of a prompt that finish, of ``candidates`` in one batch (at least 1)."""
+        return candidates - math.floor(self.drop * candidates)
+
+
 class RunConfig(_Section):
     out: Path = Field(Path("out/catalog"), description="catalog folder (created if missing)")
     run_id: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="default: hash of config and prompts"
     )
     seed: int = Field(0, ge=0, description="run seed; candidate seeds derive from it")
-    candidates: int = Field(4, ge=1, description="N: candidates generated per prompt")
+    candidates: Annotated[
+        Annotated[PositiveInt, Tag(_FIXED)] | Annotated[CandidateRounds, Tag(_ROUNDS)],
+        Discriminator(lambda v: _ROUNDS if isinstance(v, dict | CandidateRounds) else _FIXED),
+    ] = Field(4, description="N: candidates per prompt, or adaptive {min, max, until_kept}")
     shard_size: int = Field(8, ge=1, description="prompts per shard (one task, one Parquet part)")
     save_rejected: bool = Field(False, description="also write PNGs of candidates not kept")
     contact_sheet: bool = Field(True, description="write contact-sheet.png (candidates vs kept)")
@@ -57,13 +109,38 @@ class Config(_Section):
     generator: GeneratorParams
     scorers: dict[str, dict[str, Any]] = Field(description="scorer name -> its parameters")
     select: Policy = Field(default_factory=Policy)
+    prune: PruneConfig | None = Field(None, description="early pruning (off by default)")
     run: RunConfig = Field(default_factory=RunConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
     @model_validator(mode="after")
     def _scorers_known(self) -> Config:
         check_scorers(self.scorers, self.select)
+        if self.prune is not None:
+            self._check_prune(self.prune)
         return self
+
+    def _check_prune(self, prune: PruneConfig) -> None:
+        if prune.scorer not in self.scorers:
+            raise ValueError(f"prune.scorer {prune.scorer!r} is not one of the configured scorers")
+        steps = self.generator.steps
+        if not 1 <= prune.step(steps) < steps:
+            raise ValueError(
+                f"prune.at {prune.at} of {steps} steps prunes before the first or after the last"
+            )
+        per_round = self.rounds.min
+        if prune.survivors(per_round) < min(self.select.keep, per_round):
+            raise ValueError(
+                f"prune.drop {prune.drop} leaves {prune.survivors(per_round)} of {per_round} "
+                f"candidates per prompt, fewer than select.keep {self.select.keep}"
+            )
+
+    @property
+    def rounds(self) -> CandidateRounds:
+        """``run.candidates`` as rounds (a fixed N is one round of N)."""
+        n = self.run.candidates
+        rounds = n if isinstance(n, CandidateRounds) else CandidateRounds(min=n, max=n)
+        return rounds if rounds.until_kept else rounds.model_copy(update={"until_kept": self.select.keep})
 
     def result_hash(self) -> str:
         """Hash of everything that changes the catalog's content (not where it goes)."""
@@ -73,7 +150,7 @@ class Config(_Section):
 
 def _first_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
+    where = ".".join(str(p) for p in first["loc"] if p not in (_FIXED, _ROUNDS))
     if first["type"] == "extra_forbidden":
         return f"unknown key {where!r}"
     if first["type"] == "missing":

@@ -43,7 +43,7 @@ class RunSummary:
 
 @task(name="process-shard", cache_policy=NO_CACHE, task_run_name="shard-{plan.shard_id}")
 def process_shard_task(config: Config, plan: ShardPlan) -> ShardResult:
-    return process_shard(config, plan, on_progress=progress.advance)
+    return process_shard(config, plan, on_progress=progress.report)
 
 
 @flow(name="curate", log_prints=False)
@@ -55,7 +55,7 @@ def curate(config: Config) -> RunSummary:
     plans = plan_shards(run_id, prompts, config.run.shard_size)
     root = Path(config.run.out)
     remove_stale_temps(root / "runs" / run_id, root / "images" / run_id)  # left by a killed run
-    progress.expect(len(prompts) * config.run.candidates)
+    progress.report(0, len(prompts) * config.rounds.min)
     futures = process_shard_task.map(unmapped(config), plans)
     results = [f.result() for f in futures]
     rows = read_run(config.run.out, run_id)

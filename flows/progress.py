@@ -7,23 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-_listener: Callable[[int], None] | None = None
-_sizer: Callable[[int], None] | None = None
+_listener: Callable[[int, int], None] | None = None
 
 
-def listen(advance: Callable[[int], None] | None, total: Callable[[int], None] | None = None) -> None:
-    """Route ``advance``/``expect`` calls to these callbacks (None = stop listening)."""
-    global _listener, _sizer
-    _listener, _sizer = advance, total
+def listen(listener: Callable[[int, int], None] | None) -> None:
+    """Route ``report`` calls to ``listener(done, more)`` (None = stop listening)."""
+    global _listener
+    _listener = listener
 
 
-def expect(candidates: int) -> None:
-    """Announce the run's total number of candidates."""
-    if _sizer is not None:
-        _sizer(candidates)
-
-
-def advance(candidates: int) -> None:
-    """Report that ``candidates`` more candidates are done (generated and scored)."""
+def report(done: int, more: int = 0) -> None:
+    """``done`` more candidates are generated and scored; ``more`` are newly expected (the
+    flow announces its first round, adaptive N's later rounds add to it)."""
     if _listener is not None:
-        _listener(candidates)
+        _listener(done, more)

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from catalog.schema import SCHEMA_VERSION, schema, score_column
 from catalog.writer import part_path, write_part
 from flows.config import Config
-from flows.engine import ShardCandidates, run_shard
+from flows.engine import Progress, run_shard
 from flows.prompts import Prompt
-from models.generator import Request, candidate_seed
 
 VERSIONS = json.dumps(
     {p: version(p) for p in ("winnow", "torch", "diffusers", "transformers", "open_clip_torch")},
@@ -67,51 +66,41 @@ def plan_shards(run_id: str, prompts: list[Prompt], shard_size: int) -> list[Sha
     ]
 
 
-def process_shard(
-    config: Config, plan: ShardPlan, on_progress: Callable[[int], None] | None = None
-) -> ShardResult:
+def process_shard(config: Config, plan: ShardPlan, on_progress: Progress | None = None) -> ShardResult:
     """Generate, score and select the shard's candidates, then write its images and part."""
     root = Path(config.run.out)
     part = part_path(root, plan.run_id, plan.shard_id)
-    n = config.run.candidates
     if part.exists():
+        rows = pq.read_metadata(part).num_rows
         if on_progress:
-            on_progress(len(plan.prompts) * n)
-        return ShardResult(plan.shard_id, str(part), len(plan.prompts) * n, 0, skipped=True)
+            on_progress(rows, rows - len(plan.prompts) * config.rounds.min)
+        return ShardResult(plan.shard_id, str(part), rows, 0, skipped=True)
 
-    owners = [p for p in plan.prompts for _ in range(n)]
-    requests = [
-        Request(p.text, p.negative, candidate_seed(config.run.seed, p.id, k))
-        for p in plan.prompts
-        for k in range(n)
-    ]
-    candidate_ids = [f"{p.id}-{i % n:03d}" for i, p in enumerate(owners)]
-    shard = ShardCandidates(plan.run_id, candidate_ids, [p.id for p in owners], requests, n)
-    out = run_shard(config, shard, on_progress)
-    chosen = out.selection
-
-    rows = len(owners)
+    out = run_shard(config, plan.run_id, plan.prompts, on_progress)
+    prompts = [plan.prompts[i] for i in out.prompt_index]
+    rows = len(prompts)
     columns = {
         "schema_version": [SCHEMA_VERSION] * rows,
         "run_id": [plan.run_id] * rows,
         "source": ["generated"] * rows,
         "shard_id": [plan.shard_id] * rows,
-        "prompt_id": [p.id for p in owners],
-        "candidate_id": candidate_ids,
-        "candidate_index": [i % n for i in range(rows)],
-        "prompt": [p.text for p in owners],
-        "negative_prompt": [p.negative for p in owners],
-        "prompt_meta": [p.meta_json for p in owners],
-        "seed": [r.seed for r in requests],
+        "prompt_id": [p.id for p in prompts],
+        "candidate_id": [f"{p.id}-{k:03d}" for p, k in zip(prompts, out.candidate_index, strict=True)],
+        "candidate_index": out.candidate_index,
+        "round": out.round,
+        "prompt": [p.text for p in prompts],
+        "negative_prompt": [p.negative for p in prompts],
+        "prompt_meta": [p.meta_json for p in prompts],
+        "seed": out.seed,
         "batch_index": out.batch_index,
         "batch_position": out.batch_position,
         "batch_size": out.batch_size,
         **{key: [value] * rows for key, value in out.identity.items()},
         **{score_column(name): values for name, values in out.scores.items()},
-        "combined_score": chosen.combined,
-        "rank": chosen.rank,
-        "kept": chosen.kept,
-        "reject_reason": chosen.reason,
+        "combined_score": out.combined,
+        "rank": out.rank,
+        "kept": out.kept,
+        "reject_reason": out.reason,
         "image_path": out.image_path,
         "image_sha256": out.image_sha256,
         "generation_seconds": out.generation_seconds,
@@ -121,6 +110,5 @@ def process_shard(
         "versions": [VERSIONS] * rows,
     }
     write_part(part, pa.table(columns, schema=schema(out.scores)))
-    return ShardResult(
-        plan.shard_id, str(part), rows, int(chosen.kept.sum()), skipped=False, oom_retries=out.oom_retries
-    )
+    kept = sum(out.kept)
+    return ShardResult(plan.shard_id, str(part), rows, kept, skipped=False, oom_retries=out.oom_retries)

@@ -25,6 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.errors import ModelNotFoundError, WinnowError
+from models.prune import Prune, pruning_callback
 from models.sources import Source, resolve
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -83,6 +84,9 @@ def pick_device(params: GeneratorParams) -> tuple[torch.device, torch.dtype]:
 
 _PIPELINES: dict[tuple, object] = {}
 _LOCK = threading.Lock()
+# Pipelines are not thread-safe (the scheduler holds the running call's state), and shard
+# tasks on a thread runner share one cached pipeline, so pipeline calls take turns.
+_CALL_LOCK = threading.Lock()
 
 
 def _pipeline_class(folder: Path) -> type:
@@ -178,7 +182,8 @@ class Request:
 
 @dataclass(frozen=True)
 class Batch:
-    """One pipeline call's output: images for ``requests[start:start + len(images)]``.
+    """One pipeline call's output for ``requests[start:stop]``: ``images`` of the requests
+    ``rows`` (all of them, or the survivors of pruning).
 
     ``size`` is the call's batch size, padding included: ``batch_size``, or less after an
     out-of-memory retry. ``seconds`` is the call's wall time.
@@ -186,8 +191,10 @@ class Batch:
 
     index: int
     start: int
+    stop: int
     size: int
-    images: torch.Tensor  # (n, 3, H, W) float32 in [0, 1], on the generator's device
+    rows: tuple[int, ...]
+    images: torch.Tensor  # (len(rows), 3, H, W) float32 in [0, 1], on the generator's device
     seconds: float
 
 
@@ -221,13 +228,13 @@ class Generator:
             "device": self.device.type,
         }
 
-    def generate(self, requests: Sequence[Request]) -> Iterator[Batch]:
+    def generate(self, requests: Sequence[Request], prune: Prune | None = None) -> Iterator[Batch]:
         """Yield one ``Batch`` per ``batch_size`` requests, in order.
 
         The last batch is padded by repeating its last request, so every pipeline call has
         the same shape; the padding's outputs are dropped. A call that runs out of device
         memory is retried at half the size (see the module docstring); at size 1 the error
-        is final.
+        is final. With ``prune``, each call finishes only the candidates its judge keeps.
         """
         if not requests:
             return
@@ -241,13 +248,15 @@ class Generator:
             chunk += [chunk[-1]] * (size - real)
             began = time.perf_counter()
             try:
-                images = self._call(pipe, chunk)[:real]
+                images, alive = self._call(pipe, chunk, start, real, prune)
             except torch.OutOfMemoryError:
                 self._shrink(size)
                 continue
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            yield Batch(index, start, size, images.float(), time.perf_counter() - began)
+            rows = tuple(start + j for j in alive if j < real)
+            seconds = time.perf_counter() - began
+            yield Batch(index, start, start + real, size, rows, images[: len(rows)].float(), seconds)
             index += 1
             start += real
 
@@ -269,22 +278,49 @@ class Generator:
         key = _pipeline_key(self.params)
         if not self.params.compile or key in _WARM:
             return
-        self._call(pipe, [request] * self.batch_size, steps=2)
+        self._call(pipe, [request] * self.batch_size, 0, self.batch_size, steps=2)
         _WARM.add(key)
 
-    def _call(self, pipe, chunk: list[Request], steps: int | None = None) -> torch.Tensor:
-        with torch.inference_mode():
-            return pipe(
-                prompt=[r.prompt for r in chunk],
-                negative_prompt=[r.negative_prompt for r in chunk],
-                # CPU generators: the same seed gives the same noise on every device.
-                generator=[torch.Generator("cpu").manual_seed(r.seed) for r in chunk],
-                num_inference_steps=steps or self.params.steps,
-                guidance_scale=self.params.guidance,
-                width=self.params.width,
-                height=self.params.height,
-                output_type="pt",
-            ).images
+    def _call(
+        self,
+        pipe,
+        chunk: list[Request],
+        start: int,
+        real: int,
+        prune: Prune | None = None,
+        steps: int | None = None,
+    ) -> tuple[torch.Tensor, list[int]]:
+        """One pipeline call on ``chunk`` (requests ``start``.. of which the first ``real`` are
+        not padding): the images, and the positions in ``chunk`` they belong to."""
+        # CPU generators: the same seed gives the same noise on every device.
+        generators = [torch.Generator("cpu").manual_seed(r.seed) for r in chunk]
+        alive = list(range(len(chunk)))
+        hooks = {}
+        if prune is not None:
+            rows = list(range(start, start + real))
+            callback, recorder = pruning_callback(pipe, prune, rows, alive, generators)
+            hooks = {
+                "callback_on_step_end": callback,
+                "callback_on_step_end_tensor_inputs": list(pipe._callback_tensor_inputs),
+            }
+        with _CALL_LOCK, torch.inference_mode():
+            if prune is not None:
+                pipe.scheduler.step = recorder
+            try:
+                images = pipe(
+                    prompt=[r.prompt for r in chunk],
+                    negative_prompt=[r.negative_prompt for r in chunk],
+                    generator=generators,
+                    num_inference_steps=steps or self.params.steps,
+                    guidance_scale=self.params.guidance,
+                    width=self.params.width,
+                    height=self.params.height,
+                    output_type="pt",
+                    **hooks,
+                ).images
+            finally:
+                vars(pipe.scheduler).pop("step", None)  # back to the class's method
+        return images, alive
 
 
 def _default_size(pipe) -> int:

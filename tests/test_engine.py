@@ -10,7 +10,7 @@ import torch
 
 import models.generator as generator_module
 from flows.config import load_config
-from flows.engine import ShardCandidates, run_shard
+from flows.engine import run_shard
 from flows.prompts import read_prompts
 from flows.regenerate import read_png, regenerate
 from flows.shard import plan_shards, process_shard
@@ -86,16 +86,14 @@ def test_out_of_memory_at_batch_size_one_is_an_error(tiny_sd, monkeypatch):
 def test_prompt_wise_selection_equals_selecting_the_whole_shard(make_config):
     # Batches of 4 over prompts of 3 candidates: prompts complete in the middle of batches.
     config = load_config(make_config(PROMPTS, generator={"batch_size": 4}, run={"candidates": 3}))
-    n = config.run.candidates
-    prompt_ids = [p for p in ("p0", "p1", "p2") for _ in range(n)]
-    requests = [Request(t, "", candidate_seed(0, t, k)) for t in PROMPTS for k in range(n)]
-    ids = [f"{p}-{i % n:03d}" for i, p in enumerate(prompt_ids)]
-    out = run_shard(config, ShardCandidates("run", ids, prompt_ids, requests, n))
-    whole = select(out.scores, prompt_ids, config.select)
-    np.testing.assert_array_equal(out.selection.kept, whole.kept)
-    np.testing.assert_array_equal(out.selection.rank, whole.rank)
-    np.testing.assert_array_equal(out.selection.combined, whole.combined)
-    assert out.selection.reason == whole.reason
+    prompts = read_prompts(config.prompts.path)
+    out = run_shard(config, "run", prompts)
+    assert out.seed == [candidate_seed(0, p.id, k) for p in prompts for k in range(3)]
+    whole = select(out.scores, out.prompt_index, config.select)
+    np.testing.assert_array_equal(out.kept, whole.kept)
+    np.testing.assert_array_equal(out.rank, whole.rank)
+    np.testing.assert_array_equal(out.combined, whole.combined)
+    assert out.reason == whole.reason
     assert [p is not None for p in out.image_path] == list(whole.kept)
     assert out.batch_index == [0, 0, 0, 0, 1, 1, 1, 1, 2]
     assert out.batch_position == [0, 1, 2, 3, 0, 1, 2, 3, 0]
