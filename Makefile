@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format train-shapes bench bench-quality clean
+.PHONY: demo test lint format train-shapes bench bench-quality bench-smart clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(STAMP)  ## throughput: notebook loop vs winnow vs bound on the CPU -> b
 
 bench-quality: $(STAMP)  ## curation quality on the shapes world -> bench/results/shapes.json
 	$(PY) -m bench.quality
+
+bench-smart: $(STAMP)  ## early pruning curve and adaptive N vs the plain run -> bench/results/smart.json
+	$(PY) -m bench.smart
 
 clean:
 	rm -rf catalog .pytest_cache .ruff_cache

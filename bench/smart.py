@@ -12,10 +12,15 @@ survivor runs every step, a pruned candidate the first S).
 
 from __future__ import annotations
 
+import os
+
+# Waiting OpenMP threads sleep instead of spinning, so CPU seconds count work, not waiting
+# (and a busy machine slows the runs less); set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import copy
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -54,13 +59,12 @@ def run(data: dict[str, Any], out: Path) -> tuple[pd.DataFrame, dict[str, float]
     rows = pd.read_parquet(out / "runs")
     rows["right"] = [
         oracle.adherence(np.asarray(Image.open(out / r.image_path).convert("RGB")), r.prompt)
-        if r.image_path
+        if isinstance(r.image_path, str)
         else np.nan
         for r in rows.itertuples()
     ]
-    pruned = rows["reject_reason"].fillna("").str.startswith("pruned_at_step:")
-    at = rows["reject_reason"].where(pruned).str.rsplit(":", n=1).str[-1].astype(float)
-    cost["unet_steps"] = float(np.where(pruned, at, rows["steps"]).sum())
+    at = rows["reject_reason"].astype("string").str.extract(r"^pruned_at_step:(\d+)$")[0].astype(float)
+    cost["unet_steps"] = float(at.fillna(rows["steps"].astype(float)).sum())
     return rows, cost
 
 

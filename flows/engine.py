@@ -125,6 +125,7 @@ class _Shard:
         self.rows: list[list[int]] = [[] for _ in prompts]  # each prompt's rows, in index order
         self.pixels: dict[int, torch.Tensor] = {}  # (H, W, 3) uint8 on the device, not yet selected
         self.writes: dict[int, Future[str]] = {}
+        self.calls = 0  # pipeline calls so far, over all rounds: the catalog's batch_index
 
     def candidate_id(self, row: int) -> str:
         return f"{self.prompts[self.out.prompt_index[row]].id}-{self.out.candidate_index[row]:03d}"
@@ -175,12 +176,10 @@ class _Shard:
         covered = rows[batch.start : batch.stop]
         finished = [rows[j] for j in batch.rows]
         for position, row in enumerate(covered):
-            out.batch_index[row], out.batch_position[row], out.batch_size[row] = (
-                batch.index,
-                position,
-                batch.size,
-            )
+            out.batch_index[row], out.batch_position[row] = self.calls, position
+            out.batch_size[row] = batch.size
             out.generation_seconds[row] = batch.seconds / len(covered)
+        self.calls += 1
         if not finished:
             return
         began = time.perf_counter()

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
 from catalog.writer import encode_png
+from flows.engine import PRUNED
 from models.errors import WinnowError
 from models.generator import Generator, GeneratorParams, Request, to_uint8
+from models.prune import Prune
 from models.sources import resolve
 
 
@@ -20,13 +23,16 @@ def regenerate(shard_rows: pd.DataFrame, candidate_id: str) -> np.ndarray:
     """The (H, W, 3) uint8 pixels of ``candidate_id``, regenerated.
 
     ``shard_rows`` are the rows of the candidate's shard: its whole pipeline call (same
-    ``batch_index``, in ``batch_position`` order, padded as it was) is rerun, so the result is
-    bit-identical on the same device type, not merely close.
+    ``batch_index``, in ``batch_position`` order, padded and pruned as it was) is rerun, so the
+    result is bit-identical on the same device type, not merely close.
     """
     match = shard_rows[shard_rows["candidate_id"] == candidate_id]
     if match.empty:
         raise WinnowError(f"candidate {candidate_id!r} is not in these catalog rows")
     row = match.iloc[0]
+    pruned_at = _pruned_at(match)[0]
+    if pruned_at:
+        raise WinnowError(f"candidate {candidate_id!r} was pruned at step {pruned_at}: it has no final image")
     if resolve(row["model"]).fingerprint != row["model_fingerprint"]:
         raise WinnowError(
             f"model {row['model']!r} has changed since the row was written "
@@ -45,9 +51,20 @@ def regenerate(shard_rows: pd.DataFrame, candidate_id: str) -> np.ndarray:
         batch_size=int(row["batch_size"]),
     )
     requests = [Request(r.prompt, r.negative_prompt, int(r.seed)) for r in call.itertuples()]
-    batch = next(Generator(params).generate(requests))
-    position = list(call["candidate_id"]).index(candidate_id)
+    steps = _pruned_at(call)
+    prune = None
+    if any(steps):  # replay the call's pruning: the same candidates stop at the same step
+        survivors = torch.tensor([s == 0 for s in steps])
+        prune = Prune(max(steps), lambda rows, previews: survivors[rows])
+    batch = next(Generator(params).generate(requests, prune))
+    position = batch.rows.index(list(call["candidate_id"]).index(candidate_id))
     return to_uint8(batch.images[position : position + 1]).numpy()[0]
+
+
+def _pruned_at(rows: pd.DataFrame) -> list[int]:
+    """The step each row was pruned at (0 = not pruned)."""
+    steps = rows["reject_reason"].astype("string").str.extract(rf"^{PRUNED}:(\d+)$")[0]
+    return [int(s) for s in steps.fillna("0")]
 
 
 def read_png(root: Path, relpath: str) -> np.ndarray:

@@ -10,6 +10,7 @@ import pytest
 from flows import progress
 from flows.config import ConfigError, load_config
 from flows.prompts import read_prompts
+from flows.regenerate import check_row
 from flows.shard import plan_shards, process_shard
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a cat", "a dog"]
@@ -54,7 +55,7 @@ def test_rounds_stop_when_a_prompt_has_enough(make_config, tmp_path):
 
     rounds = {"min": MIN, "max": MAX, "until_kept": 1}
     overrides = {"run.candidates": rounds, "select.floors": {"clip_score": float(floor)}}
-    config = load_config(path, overrides | {"run.out": str(tmp_path / "a")})
+    config = load_config(path, overrides | {"run.out": str(tmp_path / "a"), "run.save_rejected": True})
     progress.listen(count)
     try:
         progress.report(0, len(PROMPTS) * MIN)  # what the flow announces
@@ -65,6 +66,8 @@ def test_rounds_stop_when_a_prompt_has_enough(make_config, tmp_path):
     assert adaptive.groupby("prompt_id").size().to_dict() == want
     assert seen == {"done": len(adaptive), "expected": len(adaptive)}
     assert (adaptive["round"] == adaptive["candidate_index"] // MIN).all()
+    # Pipeline calls are numbered across rounds, so a later round's candidate regenerates exactly.
+    assert check_row(tmp_path / "a", adaptive.sort_values("round")["candidate_id"].iloc[-1]).match
     # The same candidates as the fixed run (seeds, pixels, scores up to batch rounding).
     same = fixed.set_index("candidate_id").loc[adaptive["candidate_id"]]
     assert (adaptive["seed"].to_numpy() == same["seed"].to_numpy()).all()

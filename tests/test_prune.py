@@ -10,7 +10,7 @@ import torch
 
 from flows.config import ConfigError, load_config
 from flows.prompts import read_prompts
-from flows.regenerate import read_png
+from flows.regenerate import check_row, read_png
 from flows.shard import plan_shards, process_shard
 from models.errors import WinnowError
 from models.generator import Generator, GeneratorParams, Request, load_pipeline
@@ -106,6 +106,10 @@ def test_pruned_candidates_are_recorded_and_survivors_selected(make_config, tmp_
     for a, b in zip(live["image_path"], same["image_path"], strict=True):
         diff = read_png(tmp_path / "p", a).astype(int) - read_png(config.run.out, b).astype(int)
         assert np.abs(diff).max() <= 1
+    # A survivor regenerates bit for bit (the call's pruning is replayed); a pruned one has no image.
+    assert check_row(tmp_path / "p", live["candidate_id"].iloc[-1]).match
+    with pytest.raises(WinnowError, match="was pruned at step 2: it has no final image"):
+        check_row(tmp_path / "p", pruned.loc[stopped, "candidate_id"].iloc[0])
 
 
 @pytest.mark.parametrize(
