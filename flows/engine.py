@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +31,9 @@ import torch
 from catalog.writer import image_relpath, write_png
 from flows.config import Config
 from flows.prompts import Prompt
-from models.generator import Generator, Request, candidate_seed, to_pixels
+from models.generator import Batch, Generator, Request, candidate_seed, to_pixels
 from models.prune import Prune
-from scoring.base import Candidates, Scorer, build_scorers
+from scoring.base import Candidates, build_scorers
 from scoring.select import select
 
 PRUNED = "pruned_at_step"
@@ -42,78 +42,41 @@ Progress = Callable[[int, int], None]  # (candidates done, candidates newly expe
 
 
 @dataclass(eq=False)
+class Row:
+    """One candidate, as the catalog records it (``catalog/schema.py`` has the meanings)."""
+
+    prompt: int  # index into the shard's prompts
+    candidate_index: int
+    round: int
+    seed: int
+    scores: dict[str, float]  # scorer name -> score, higher is better (a preview's if pruned)
+    combined_score: float = -np.inf
+    rank: int = 0
+    kept: bool = False
+    reject_reason: str | None = None
+    image_path: str | None = None
+    image_sha256: str | None = None
+    batch_index: int = 0
+    batch_position: int = 0
+    batch_size: int = 0
+    generation_seconds: float = 0.0  # its call's wall time / the candidates the call covered
+    scoring_seconds: float = 0.0  # a pruned candidate's preview scoring is in its call's time
+    pruned_at: int | None = None
+    pixels: torch.Tensor | None = None  # (H, W, 3) uint8 on the device, until selected
+
+
+@dataclass(frozen=True, eq=False)
 class ShardOutcome:
-    """Everything the catalog records per candidate, one entry per row, rows ordered by
-    prompt (``prompt_index`` into the shard's prompts) and candidate index.
+    """The shard's candidates ordered by prompt and candidate index; ``oom_retries`` counts
+    pipeline calls retried at half size; ``identity`` is the generator's (model, settings)."""
 
-    ``generation_seconds``/``scoring_seconds`` are each call's wall time divided by the
-    candidates it produced (a pruned candidate's preview scoring counts as generation).
-    ``oom_retries`` counts pipeline calls retried at half size.
-    """
-
-    scores: dict[str, list[float]]  # scorer name -> score per row, higher is better
-    prompt_index: list[int] = field(default_factory=list)
-    candidate_index: list[int] = field(default_factory=list)
-    round: list[int] = field(default_factory=list)
-    seed: list[int] = field(default_factory=list)
-    combined: list[float] = field(default_factory=list)
-    rank: list[int] = field(default_factory=list)
-    kept: list[bool] = field(default_factory=list)
-    reason: list[str | None] = field(default_factory=list)
-    image_path: list[str | None] = field(default_factory=list)
-    image_sha256: list[str | None] = field(default_factory=list)
-    batch_index: list[int] = field(default_factory=list)
-    batch_position: list[int] = field(default_factory=list)
-    batch_size: list[int] = field(default_factory=list)
-    generation_seconds: list[float] = field(default_factory=list)
-    scoring_seconds: list[float] = field(default_factory=list)
-    pruned_at: list[int | None] = field(default_factory=list)
-    oom_retries: int = 0
-    identity: dict[str, object] = field(default_factory=dict)
-
-    def add(self, prompt: int, index: int, round_: int, seed: int) -> int:
-        """Append a row for a new candidate; its index."""
-        for column, value in (
-            (self.prompt_index, prompt),
-            (self.candidate_index, index),
-            (self.round, round_),
-            (self.seed, seed),
-            (self.combined, -np.inf),
-            (self.rank, 0),
-            (self.kept, False),
-            (self.reason, None),
-            (self.image_path, None),
-            (self.image_sha256, None),
-            (self.batch_index, 0),
-            (self.batch_position, 0),
-            (self.batch_size, 0),
-            (self.generation_seconds, 0.0),
-            (self.scoring_seconds, 0.0),
-            (self.pruned_at, None),
-        ):
-            column.append(value)
-        for values in self.scores.values():
-            values.append(np.nan)
-        return len(self.seed) - 1
-
-    def sorted(self) -> ShardOutcome:
-        """The rows ordered by (prompt, candidate index)."""
-        order = sorted(range(len(self.seed)), key=lambda i: (self.prompt_index[i], self.candidate_index[i]))
-        columns = {
-            name: [value[i] for i in order] for name, value in vars(self).items() if isinstance(value, list)
-        }
-        scores = {name: [values[i] for i in order] for name, values in self.scores.items()}
-        return ShardOutcome(scores, oom_retries=self.oom_retries, identity=self.identity, **columns)
-
-
-def _score(scorers: list[Scorer], images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
-    batch = Candidates(images, prompts)  # one CLIP embedding per batch, shared by the scorers
-    return {scorer.name: scorer.score(batch) for scorer in scorers}
+    rows: list[Row]
+    oom_retries: int
+    identity: dict[str, object]
 
 
 class _Shard:
-    """One shard's run: the growing table of candidates, their pixels until selection, and
-    the background image writes."""
+    """One shard's run: its candidates so far, by prompt, and the background image writes."""
 
     def __init__(self, config: Config, run_id: str, prompts: Sequence[Prompt], pool: ThreadPoolExecutor):
         self.config, self.run_id, self.prompts, self.pool = config, run_id, prompts, pool
@@ -121,31 +84,39 @@ class _Shard:
         self.scorers = build_scorers(config.scorers, self.generator.device)
         for scorer in self.scorers:
             scorer.setup()
-        self.out = ShardOutcome({s.name: [] for s in self.scorers})
-        self.rows: list[list[int]] = [[] for _ in prompts]  # each prompt's rows, in index order
-        self.pixels: dict[int, torch.Tensor] = {}  # (H, W, 3) uint8 on the device, not yet selected
-        self.writes: dict[int, Future[str]] = {}
+        self.rows: list[list[Row]] = [[] for _ in prompts]  # each prompt's, in index order
+        self.writes: list[tuple[Row, Future[str]]] = []
         self.calls = 0  # pipeline calls so far, over all rounds: the catalog's batch_index
 
-    def candidate_id(self, row: int) -> str:
-        return f"{self.prompts[self.out.prompt_index[row]].id}-{self.out.candidate_index[row]:03d}"
+    def candidate_id(self, row: Row) -> str:
+        return f"{self.prompts[row.prompt].id}-{row.candidate_index:03d}"
 
-    def new_round(self, round_: int, counts: dict[int, int]) -> list[int]:
-        """Add ``counts[p]`` new candidates to each prompt ``p``; their rows, prompt by prompt."""
-        new = []
+    def request(self, row: Row) -> Request:
+        prompt = self.prompts[row.prompt]
+        return Request(prompt.text, prompt.negative, row.seed)
+
+    def new_round(self, round_: int, counts: dict[int, int]) -> list[Row]:
+        """Add ``counts[p]`` new candidates to each prompt ``p``; them, prompt by prompt."""
+        new: list[Row] = []
         for p, count in counts.items():
-            for k in range(len(self.rows[p]), len(self.rows[p]) + count):
-                row = self.out.add(p, k, round_, candidate_seed(self.config.run.seed, self.prompts[p].id, k))
-                self.rows[p].append(row)
-                new.append(row)
+            start, prompt_id = len(self.rows[p]), self.prompts[p].id
+            made = [
+                Row(p, k, round_, candidate_seed(self.config.run.seed, prompt_id, k), {})
+                for k in range(start, start + count)
+            ]
+            self.rows[p] += made
+            new += made
         return new
 
-    def request(self, row: int) -> Request:
-        prompt = self.prompts[self.out.prompt_index[row]]
-        return Request(prompt.text, prompt.negative, self.out.seed[row])
+    def score(self, rows: list[Row], images: torch.Tensor) -> None:
+        """Score ``images`` (one per row, on the device) into ``rows``."""
+        batch = Candidates(images, [self.prompts[r.prompt].text for r in rows])
+        for scorer in self.scorers:  # one CLIP image embedding per batch, shared by the scorers
+            for row, value in zip(rows, scorer.score(batch).tolist(), strict=True):
+                row.scores[scorer.name] = value
 
-    def pruner(self, rows: list[int]) -> Prune | None:
-        """The round's pruning (requests are ``rows`` in order), or None when off."""
+    def pruner(self, rows: list[Row]) -> Prune | None:
+        """The round's pruning (its requests are ``rows`` in order), or None when off."""
         prune = self.config.prune
         if prune is None:
             return None
@@ -153,79 +124,67 @@ class _Shard:
 
         def judge(positions: list[int], previews: torch.Tensor) -> torch.Tensor:
             batch = [rows[j] for j in positions]
-            scores = _score(self.scorers, previews, [self.request(r).prompt for r in batch])
-            for name, values in scores.items():
-                for row, value in zip(batch, values.tolist(), strict=True):
-                    self.out.scores[name][row] = value
+            self.score(batch, previews)
             keep = torch.zeros(len(batch), dtype=torch.bool)
-            ranking = scores[prune.scorer]
-            for p in dict.fromkeys(self.out.prompt_index[r] for r in batch):
-                mine = [j for j, r in enumerate(batch) if self.out.prompt_index[r] == p]
-                best = sorted(mine, key=lambda j: -ranking[j].item())  # stable: ties keep order
-                keep[best[: prune.survivors(len(mine))]] = True
-            for j, row in enumerate(batch):
-                if not keep[j]:
-                    self.out.pruned_at[row] = step
+            for p in dict.fromkeys(r.prompt for r in batch):
+                mine = [j for j, r in enumerate(batch) if r.prompt == p]
+                mine.sort(key=lambda j: -batch[j].scores[prune.scorer])  # stable: ties keep order
+                keep[mine[: prune.survivors(len(mine))]] = True
+            for row, survives in zip(batch, keep.tolist(), strict=True):
+                row.pruned_at = None if survives else step
             return keep
 
         return Prune(step, judge)
 
-    def record(self, batch, rows: list[int]) -> None:
-        """Score a finished batch's images and record every row the call covered."""
-        out = self.out
+    def record(self, batch: Batch, rows: list[Row]) -> None:
+        """Record every row a finished call covered, and score the images it finished."""
         covered = rows[batch.start : batch.stop]
-        finished = [rows[j] for j in batch.rows]
         for position, row in enumerate(covered):
-            out.batch_index[row], out.batch_position[row] = self.calls, position
-            out.batch_size[row] = batch.size
-            out.generation_seconds[row] = batch.seconds / len(covered)
+            row.batch_index, row.batch_position, row.batch_size = self.calls, position, batch.size
+            row.generation_seconds = batch.seconds / len(covered)
         self.calls += 1
+        finished = [rows[j] for j in batch.rows]
         if not finished:
             return
         began = time.perf_counter()
-        scores = _score(self.scorers, batch.images, [self.request(r).prompt for r in finished])
+        self.score(finished, batch.images)
         seconds = (time.perf_counter() - began) / len(finished)
-        for name, values in scores.items():
-            for row, value in zip(finished, values.tolist(), strict=True):
-                out.scores[name][row] = value
-        for row, image in zip(finished, to_pixels(batch.images), strict=True):
-            self.pixels[row] = image
-            out.scoring_seconds[row] = seconds
+        for row, pixels in zip(finished, to_pixels(batch.images), strict=True):
+            row.pixels, row.scoring_seconds = pixels, seconds
 
     def settle(self, p: int) -> bool:
         """Select prompt ``p`` over its candidates so far; if it has enough eligible ones or
         no more may be made, write its images and return True, else leave it for a new round."""
-        out, rounds = self.out, self.config.rounds
-        live = [r for r in self.rows[p] if out.pruned_at[r] is None]
-        scores = {name: np.asarray(values)[live] for name, values in out.scores.items()}
+        rounds, mine = self.config.rounds, self.rows[p]
+        live = [r for r in mine if r.pruned_at is None]
+        scores = {s.name: np.array([r.scores[s.name] for r in live]) for s in self.scorers}
         chosen = select(scores, [p] * len(live), self.config.select)
-        if chosen.eligible.sum() < rounds.until_kept and len(self.rows[p]) < rounds.max:
+        if chosen.eligible.sum() < rounds.until_kept and len(mine) < rounds.max:
             return False
         for j, row in enumerate(live):
-            out.combined[row], out.rank[row] = float(chosen.combined[j]), int(chosen.rank[j])
-            out.kept[row], out.reason[row] = bool(chosen.kept[j]), chosen.reason[j]
+            row.combined_score, row.rank = float(chosen.combined[j]), int(chosen.rank[j])
+            row.kept, row.reject_reason = bool(chosen.kept[j]), chosen.reason[j]
         if self.config.prune:  # pruned candidates rank last, by their preview scores
-            preview = out.scores[self.config.prune.scorer]
-            pruned = [r for r in self.rows[p] if out.pruned_at[r] is not None]
-            pruned.sort(key=lambda r: -preview[r])
+            pruned = [r for r in mine if r.pruned_at is not None]
+            pruned.sort(key=lambda r: -r.scores[self.config.prune.scorer])
             for rank, row in enumerate(pruned, len(live) + 1):
-                out.rank[row], out.reason[row] = rank, f"{PRUNED}:{out.pruned_at[row]}"
-        save = [r for r in live if out.kept[r] or self.config.run.save_rejected]
-        host = torch.stack([self.pixels[r] for r in save]).cpu().numpy() if save else []
-        for row, image in zip(save, host, strict=True):
-            relpath = image_relpath(self.run_id, self.candidate_id(row))
-            self.writes[row] = self.pool.submit(write_png, Path(self.config.run.out), relpath, image)
+                row.rank, row.reject_reason = rank, f"{PRUNED}:{row.pruned_at}"
+        save = [r for r in live if r.kept or self.config.run.save_rejected]
+        host = torch.stack([r.pixels for r in save]).cpu().numpy() if save else []
+        for row, pixels in zip(save, host, strict=True):
+            row.image_path = image_relpath(self.run_id, self.candidate_id(row))
+            self.writes.append(
+                (row, self.pool.submit(write_png, Path(self.config.run.out), row.image_path, pixels))
+            )
         for row in live:
-            del self.pixels[row]
+            row.pixels = None
         return True
 
     def finish(self) -> ShardOutcome:
-        for row, future in self.writes.items():
-            self.out.image_sha256[row] = future.result()
-            self.out.image_path[row] = image_relpath(self.run_id, self.candidate_id(row))
-        self.out.oom_retries = self.generator.oom_retries
-        self.out.identity = self.generator.identity
-        return self.out.sorted()
+        for row, future in self.writes:
+            row.image_sha256 = future.result()
+        rows = [row for mine in self.rows for row in mine]
+        return ShardOutcome(rows, self.generator.oom_retries, self.generator.identity)
 
 
 def run_shard(

@@ -23,6 +23,23 @@ from flows.config import Config
 from flows.engine import Progress, run_shard
 from flows.prompts import Prompt
 
+# Catalog columns taken as they are from the engine's rows.
+ROW_COLUMNS = (
+    "candidate_index",
+    "round",
+    "seed",
+    "batch_index",
+    "batch_position",
+    "batch_size",
+    "combined_score",
+    "rank",
+    "kept",
+    "reject_reason",
+    "image_path",
+    "image_sha256",
+    "generation_seconds",
+    "scoring_seconds",
+)
 VERSIONS = json.dumps(
     {p: version(p) for p in ("winnow", "torch", "diffusers", "transformers", "open_clip_torch")},
     sort_keys=True,
@@ -77,38 +94,26 @@ def process_shard(config: Config, plan: ShardPlan, on_progress: Progress | None 
         return ShardResult(plan.shard_id, str(part), rows, 0, skipped=True)
 
     out = run_shard(config, plan.run_id, plan.prompts, on_progress)
-    prompts = [plan.prompts[i] for i in out.prompt_index]
-    rows = len(prompts)
+    prompts = [plan.prompts[r.prompt] for r in out.rows]
+    n = len(out.rows)
+    scorers = sorted(config.scorers)
     columns = {
-        "schema_version": [SCHEMA_VERSION] * rows,
-        "run_id": [plan.run_id] * rows,
-        "source": ["generated"] * rows,
-        "shard_id": [plan.shard_id] * rows,
+        "schema_version": [SCHEMA_VERSION] * n,
+        "run_id": [plan.run_id] * n,
+        "source": ["generated"] * n,
+        "shard_id": [plan.shard_id] * n,
         "prompt_id": [p.id for p in prompts],
-        "candidate_id": [f"{p.id}-{k:03d}" for p, k in zip(prompts, out.candidate_index, strict=True)],
-        "candidate_index": out.candidate_index,
-        "round": out.round,
+        "candidate_id": [f"{p.id}-{r.candidate_index:03d}" for p, r in zip(prompts, out.rows, strict=True)],
         "prompt": [p.text for p in prompts],
         "negative_prompt": [p.negative for p in prompts],
         "prompt_meta": [p.meta_json for p in prompts],
-        "seed": out.seed,
-        "batch_index": out.batch_index,
-        "batch_position": out.batch_position,
-        "batch_size": out.batch_size,
-        **{key: [value] * rows for key, value in out.identity.items()},
-        **{score_column(name): values for name, values in out.scores.items()},
-        "combined_score": out.combined,
-        "rank": out.rank,
-        "kept": out.kept,
-        "reject_reason": out.reason,
-        "image_path": out.image_path,
-        "image_sha256": out.image_sha256,
-        "generation_seconds": out.generation_seconds,
-        "scoring_seconds": out.scoring_seconds,
-        "created_at": [datetime.now(UTC)] * rows,
-        "config_hash": [config.result_hash()] * rows,
-        "versions": [VERSIONS] * rows,
+        **{key: [value] * n for key, value in out.identity.items()},
+        **{score_column(s): [r.scores[s] for r in out.rows] for s in scorers},
+        **{name: [getattr(r, name) for r in out.rows] for name in ROW_COLUMNS},
+        "created_at": [datetime.now(UTC)] * n,
+        "config_hash": [config.result_hash()] * n,
+        "versions": [VERSIONS] * n,
     }
-    write_part(part, pa.table(columns, schema=schema(out.scores)))
-    kept = sum(out.kept)
-    return ShardResult(plan.shard_id, str(part), rows, kept, skipped=False, oom_retries=out.oom_retries)
+    write_part(part, pa.table(columns, schema=schema(scorers)))
+    kept = sum(r.kept for r in out.rows)
+    return ShardResult(plan.shard_id, str(part), n, kept, skipped=False, oom_retries=out.oom_retries)

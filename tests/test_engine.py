@@ -87,16 +87,17 @@ def test_prompt_wise_selection_equals_selecting_the_whole_shard(make_config):
     # Batches of 4 over prompts of 3 candidates: prompts complete in the middle of batches.
     config = load_config(make_config(PROMPTS, generator={"batch_size": 4}, run={"candidates": 3}))
     prompts = read_prompts(config.prompts.path)
-    out = run_shard(config, "run", prompts)
-    assert out.seed == [candidate_seed(0, p.id, k) for p in prompts for k in range(3)]
-    whole = select(out.scores, out.prompt_index, config.select)
-    np.testing.assert_array_equal(out.kept, whole.kept)
-    np.testing.assert_array_equal(out.rank, whole.rank)
-    np.testing.assert_array_equal(out.combined, whole.combined)
-    assert out.reason == whole.reason
-    assert [p is not None for p in out.image_path] == list(whole.kept)
-    assert out.batch_index == [0, 0, 0, 0, 1, 1, 1, 1, 2]
-    assert out.batch_position == [0, 1, 2, 3, 0, 1, 2, 3, 0]
+    rows = run_shard(config, "run", prompts).rows
+    assert [r.seed for r in rows] == [candidate_seed(0, p.id, k) for p in prompts for k in range(3)]
+    scores = {name: np.array([r.scores[name] for r in rows]) for name in config.scorers}
+    whole = select(scores, [r.prompt for r in rows], config.select)
+    np.testing.assert_array_equal([r.kept for r in rows], whole.kept)
+    np.testing.assert_array_equal([r.rank for r in rows], whole.rank)
+    np.testing.assert_array_equal([r.combined_score for r in rows], whole.combined)
+    assert [r.reject_reason for r in rows] == whole.reason
+    assert [r.image_path is not None for r in rows] == list(whole.kept)
+    assert [r.batch_index for r in rows] == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+    assert [r.batch_position for r in rows] == [0, 1, 2, 3, 0, 1, 2, 3, 0]
 
 
 def test_speed_settings_reach_the_pipeline(tiny_sd):
