@@ -91,26 +91,21 @@ def reselect(rows: pd.DataFrame, data: dict[str, Any]) -> pd.DataFrame:
     return rows.assign(kept=chosen.kept, rank=chosen.rank)
 
 
-def measure(prompts: int, tmp: Path) -> dict[str, Any]:
+def measure(prompts: int, tmp: Path, grid: list[tuple[float, float]] = GRID) -> dict[str, Any]:
     captions = all_captions(short=False)[:prompts]
     prompt_file = tmp / "prompts.txt"
     prompt_file.write_text("\n".join(captions) + "\n")
     base = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     base["prompts"] = {"path": str(prompt_file)}
-    base["run"]["save_rejected"] = False
+    base["run"]["save_rejected"] = True  # every finished image gets the oracle's verdict
     base["run"]["candidates"] = 8
     steps = base["generator"]["steps"]
 
     run(base | {"prompts": {"path": str(prompt_file), "limit": 2}}, tmp / "warm-up")  # model loads
     plain_rows, plain_cost = run(base, tmp / "plain")
     plain = summary(plain_rows, plain_cost)
-    # The plain run again, every image saved: the oracle's verdict on every candidate for the
-    # adaptive comparison, and how much the machine's speed drifts from run to run.
-    every = {**base["run"], "save_rejected": True}
-    all_rows, again = run(base | {"run": every}, tmp / "plain-again")
-
     curve = []
-    for f, p in GRID:
+    for f, p in grid:
         data = base | {"prune": {"at": f, "drop": p}}
         rows, cost = run(data, tmp / f"prune-{f}-{p}")
         s = summary(rows, cost)
@@ -129,9 +124,9 @@ def measure(prompts: int, tmp: Path) -> dict[str, Any]:
 
     # Adaptive N: a floor at the plain run's median CLIP score, keep 1. The fixed-N policy is
     # the same candidates re-selected (generation is identical), so its cost is the plain run's.
-    floor = float(all_rows["score_clip_score"].median())
+    floor = float(plain_rows["score_clip_score"].median())
     policy = {**base["select"], "keep": 1, "floors": {"clip_score": floor}}
-    fixed_rows = reselect(all_rows, base | {"select": policy})
+    fixed_rows = reselect(plain_rows, base | {"select": policy})
     fixed = summary(fixed_rows, plain_cost)
     adaptive_run = {**base["run"], "candidates": ROUNDS}
     rows, cost = run(base | {"select": policy, "run": adaptive_run}, tmp / "adaptive")
@@ -143,7 +138,6 @@ def measure(prompts: int, tmp: Path) -> dict[str, Any]:
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load_average_start": os.getloadavg()},
         "settings": {"prompts": len(captions), "candidates": 8, "steps": steps, "config": "demo.yaml"},
         "plain": plain,
-        "plain_save_all_wall_s": again["wall_s"],
         "pruning": curve,
         "adaptive": {
             "floor_clip_score": floor,
