@@ -68,12 +68,16 @@ def describe(config: Config) -> str:
     checks them (``winnow serve``/``deploy`` call it before scheduling anything)."""
     section, negative = config.prompts, config.generator.negative_prompt
     if section.path is not None:
-        return f"prompt file {section.path}: {len(read_prompts(section.path, negative, section.limit))} prompts"
+        prompts = read_prompts(section.path, negative, section.limit)
+        return f"prompt file {section.path}: {len(prompts)} prompts"
     if section.pool is not None:
         pool = read_prompts(section.pool, negative)
         used = prompt_ids(config.run.out)
         fresh = sum(p.id not in used for p in pool)
-        return f"pool {section.pool}: {len(pool)} prompts, {fresh} not in the catalog yet, {section.sample} per run"
+        return (
+            f"pool {section.pool}: {len(pool)} prompts, {fresh} not in the catalog yet, "
+            f"{section.sample} per run"
+        )
     size = Templates.from_config(section).size
     per_run = "every one each run" if section.sample is None else f"{section.sample} new ones per run"
     return f"template: {size:,} expansions, {per_run}"
@@ -152,4 +156,3 @@ class Templates:
             )
         note = f"prompts.template: found only {len(chosen)} new prompts in {DRAWS_PER_PROMPT * k} draws"
         return PromptChoice(list(chosen.values()), note)
-

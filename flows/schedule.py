@@ -74,5 +74,6 @@ def build_deployment(
             entrypoint_type=EntrypointType.MODULE_PATH,
         )
     except ValueError as err:  # pydantic's ValidationError is one too
-        why = err.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(err, ValidationError) else str(err).strip()
+        why = err.errors()[0]["msg"] if isinstance(err, ValidationError) else str(err).strip()
+        why = why.removeprefix("Value error, ")
         raise ConfigError(f"cannot schedule {config} on cron {cron!r} ({timezone}): {why}") from None

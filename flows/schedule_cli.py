@@ -15,12 +15,13 @@ import typer
 from flows.commands import _one_line_errors, err_console
 
 CRON_HELP = 'cron expression, e.g. "0 3 * * *" (03:00 every day)'
+NAME_HELP = "deployment name (default: the config's file name)"
 
 
 def serve_command(
     config: Annotated[Path, typer.Argument(help="run config (YAML), read again by every run")],
     cron: Annotated[str, typer.Option(help=CRON_HELP)],
-    name: Annotated[str | None, typer.Option(help="deployment name (default: the config's file name)")] = None,
+    name: Annotated[str | None, typer.Option(help=NAME_HELP)] = None,
     timezone: Annotated[str, typer.Option(help="IANA time zone of the cron schedule")] = "UTC",
 ) -> None:
     """Serve the curate flow of CONFIG as a Prefect deployment on a cron schedule (until Ctrl-C).
@@ -52,7 +53,7 @@ def serve_command(
 def deploy_command(
     config: Annotated[Path, typer.Argument(help="run config (YAML), read again by every run")],
     cron: Annotated[str, typer.Option(help=CRON_HELP)],
-    name: Annotated[str | None, typer.Option(help="deployment name (default: the config's file name)")] = None,
+    name: Annotated[str | None, typer.Option(help=NAME_HELP)] = None,
     pool: Annotated[str | None, typer.Option(help="work pool of the workers that run it")] = None,
     file: Annotated[Path, typer.Option(help="prefect.yaml to write or update")] = Path("prefect.yaml"),
     timezone: Annotated[str, typer.Option(help="IANA time zone of the cron schedule")] = "UTC",

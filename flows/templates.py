@@ -185,7 +185,7 @@ def read_wordlist(folder: Path | None, name: str) -> tuple[str, ...]:
     if not NAME.fullmatch(name):  # never build a path from anything else
         raise TemplateError(f"word-list name {name!r} is not letters, digits, '_' or '-'")
     if folder is None:
-        raise TemplateError(f"template uses __{name}__ but prompts.wordlists (the word-list folder) is not set")
+        raise TemplateError(f"template uses __{name}__ but prompts.wordlists (word-list folder) is not set")
     path = Path(folder) / f"{name}.txt"
     if not path.is_file():
         raise TemplateError(f"unknown word list __{name}__: no file {path}")

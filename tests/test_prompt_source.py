@@ -60,7 +60,8 @@ def test_pool_sample_has_no_repeats_across_runs_until_exhausted(tmp_path, pool_f
     record(cfg, "run3", [p.id for p in last.prompts])
     with pytest.raises(PromptSourceError) as err:
         choose_prompts(cfg)
-    assert str(err.value) == f"pool {pool_file} is exhausted: all 20 of its prompts are already in the catalog"
+    want = f"pool {pool_file} is exhausted: all 20 of its prompts are already in the catalog"
+    assert str(err.value) == want
 
 
 def test_pool_sample_is_reproducible_from_seed_and_catalog(tmp_path, pool_file):
@@ -149,7 +150,7 @@ def test_template_sample_exhaustion(tmp_path):
     chosen = choose_prompts(cfg)
     assert len(chosen.prompts) == 2 and "only 2 new prompts were left" in chosen.note
     record(cfg, "run0", [p.id for p in chosen.prompts])
-    with pytest.raises(PromptSourceError, match="prompts.template is exhausted: all 2 of its prompts"):
+    with pytest.raises(PromptSourceError, match=r"prompts\.template is exhausted: all 2 of its prompts"):
         choose_prompts(cfg)
 
 
@@ -157,7 +158,7 @@ def test_template_sample_exhaustion(tmp_path):
     ("prompts", "message"),
     [
         ({}, "prompts: set exactly one of path, pool, template (got none)"),
-        ({"path": "a.txt", "pool": "b.txt", "sample": 2}, "set exactly one of path, pool, template (got path, pool)"),
+        ({"path": "a", "pool": "b", "sample": 2}, "set exactly one of path, pool, template (got path, pool)"),
         ({"pool": "b.txt"}, "prompts: pool needs sample (prompts per run)"),
         ({"pool": "b.txt", "sample": 2, "limit": 3}, "prompts: limit applies to path only (use sample)"),
         ({"path": "a.txt", "sample": 2}, "prompts: sample applies to pool and template only"),

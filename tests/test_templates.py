@@ -75,5 +75,5 @@ def test_word_list_errors(tmp_path):
         resolve(parse("a __nope__"), tmp_path)
     with pytest.raises(TemplateError, match="has no entries"):
         resolve(parse("a __empty__"), tmp_path)
-    with pytest.raises(TemplateError, match="prompts.wordlists .* is not set"):
+    with pytest.raises(TemplateError, match=r"prompts\.wordlists .* is not set"):
         resolve(parse("a __colour__"), None)
