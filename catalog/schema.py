@@ -24,7 +24,7 @@ _BASE = [
     ("candidate_index", pa.int32(), "0..N-1 within the prompt"),
     ("prompt", pa.string(), "the prompt text"),
     ("negative_prompt", pa.string(), "the negative prompt ('' = none)"),
-    ("prompt_meta", pa.string(), "JSON object of the prompt file's other columns"),
+    ("prompt_meta", pa.string(), "JSON object of the prompt file's other columns, or template+choices"),
     ("seed", pa.int64(), "torch.Generator seed of this candidate (CPU generator)"),
     ("batch_index", pa.int32(), "pipeline call within the shard"),
     ("batch_position", pa.int32(), "position within that call"),

@@ -5,8 +5,8 @@ overrides (as ``winnow run``'s options set them). Each run reads the config when
 so edits to the file, new prompts in a pool and new rows in the catalog all count, and then
 runs it the one way every config runs (``run_curate``) as a child flow run of this one.
 
-Each scheduled run gets its own run id, ``<scheduled start, UTC>-<flow run id[:8]>`` (e.g.
-``20260301-030000-1f0c9a2b``), hence its own partition ``runs/<run_id>/`` in the catalog. A
+Each scheduled run gets its own run id, ``<scheduled start, UTC>-<flow run id[-8:]>`` (e.g.
+``20260301-030000-7f7fb3fd``), hence its own partition ``runs/<run_id>/`` in the catalog. A
 retry of the same flow run keeps its id, so it resumes instead of starting over.
 """
 
@@ -43,9 +43,12 @@ def scheduled_curate(config: str, overrides: dict[str, Any] | None = None) -> Ru
 
 
 def scheduled_run_id() -> str:
-    """``<scheduled start, UTC, to the second>-<first 8 hex digits of the flow run id>``."""
+    """``<scheduled start, UTC, to the second>-<last 8 hex digits of the flow run id>``.
+
+    The last digits: flow run ids are UUIDv7s, whose first digits are a timestamp shared by
+    every run the scheduler creates in one pass."""
     start = flow_run.scheduled_start_time.astimezone(UTC)
-    return f"{start:%Y%m%d-%H%M%S}-{str(flow_run.id)[:8]}"
+    return f"{start:%Y%m%d-%H%M%S}-{str(flow_run.id)[-8:]}"
 
 
 def check_schedulable(cfg: Config, path: str | Path, overrides: dict[str, Any] | None = None) -> None:
