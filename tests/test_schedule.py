@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.config import ConfigError
+from flows.prompt_source import PromptSourceError
 from flows.schedule import FLOW_NAME, build_deployment, scheduled_curate
 
 POOL = ["a red circle", "a blue square", "a cat", "a dog", "a green triangle"]
@@ -30,7 +31,7 @@ def pool_config(make_config) -> Path:
     return path
 
 
-def test_two_scheduled_runs_back_to_back_use_new_prompts_and_partitions(pool_config, prefect_harness):
+def test_scheduled_runs_back_to_back_use_new_prompts_and_partitions(pool_config, prefect_harness):
     # What the deployment runs, called directly rather than waiting for cron.
     first = scheduled_curate(str(pool_config), {"select.keep": 1})
     second = scheduled_curate(str(pool_config), {"select.keep": 1})
@@ -47,6 +48,12 @@ def test_two_scheduled_runs_back_to_back_use_new_prompts_and_partitions(pool_con
     for run_id in (first.run_id, second.run_id):
         assert (root / f"contact-sheet-{run_id}.png").exists()
         assert (root / f"report-{run_id}.html").exists()
+
+    third = scheduled_curate(str(pool_config), {"select.keep": 1})  # 1 of the 5 is left
+    assert third.prompts == 1 and "only 1 new prompts were left (prompts.sample is 2)" in third.note
+    with pytest.raises(PromptSourceError, match=r"is exhausted: all 5 of its prompts are already in the"):
+        scheduled_curate(str(pool_config), {"select.keep": 1})
+    assert len(list((root / "runs").iterdir())) == 3  # the refused run wrote nothing
 
 
 def test_scheduled_runs_name_themselves(pool_config):
