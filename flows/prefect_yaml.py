@@ -39,6 +39,7 @@ def deployment_entry(
         "schedules": [
             {"cron": s.schedule.cron, "timezone": s.schedule.timezone} for s in deployment.schedules
         ],
+        "concurrency_limit": deployment.concurrency_limit,
         "pull": [{SET_WORKDIR: {"directory": str(workdir)}}],
     }
     if pool:

@@ -45,10 +45,10 @@ def choose_prompts(config: Config) -> PromptChoice:
     section, negative = config.prompts, config.generator.negative_prompt
     if section.path is not None:
         return PromptChoice(read_prompts(section.path, negative, section.limit))
-    used = prompt_ids(config.run.out, except_run=config.run.run_id)
     if section.pool is not None:
         assert section.sample is not None  # PromptsConfig requires it with a pool
         pool = read_prompts(section.pool, negative)
+        used = prompt_ids(config.run.out, except_run=config.run.run_id)
         return _take_fresh(pool, section.sample, config.run.seed, used, f"pool {section.pool}")
     templates = Templates.from_config(section)
     if section.sample is None:
@@ -58,6 +58,7 @@ def choose_prompts(config: Config) -> PromptChoice:
                 "set prompts.sample to draw that many per run"
             )
         return PromptChoice(templates.all(negative))
+    used = prompt_ids(config.run.out, except_run=config.run.run_id)
     if templates.size <= MAX_EXPANSIONS:
         return _take_fresh(templates.all(negative), section.sample, config.run.seed, used, "prompts.template")
     return templates.draw(section.sample, config.run.seed, used, negative)

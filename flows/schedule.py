@@ -7,7 +7,9 @@ runs it the one way every config runs (``run_curate``) as a child flow run of th
 
 Each scheduled run gets its own run id, ``<scheduled start, UTC>-<flow run id[-8:]>`` (e.g.
 ``20260301-030000-7f7fb3fd``), hence its own partition ``runs/<run_id>/`` in the catalog. A
-retry of the same flow run keeps its id, so it resumes instead of starting over.
+retry of the same flow run keeps its id, so it resumes instead of starting over. At most one
+run of a deployment runs at a time (a run that comes due meanwhile waits), so every run
+sees the catalog rows of the runs before it and picks new prompts.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def build_deployment(
             parameters={"config": str(config.resolve()), "overrides": overrides or {}},
             description=f"winnow: curate {config} on cron {cron!r} ({timezone})",
             tags=["winnow"],
+            concurrency_limit=1,  # a run due while one runs waits, then sees its catalog rows
             entrypoint_type=EntrypointType.MODULE_PATH,
         )
     except ValueError as err:  # pydantic's ValidationError is one too

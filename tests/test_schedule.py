@@ -75,6 +75,7 @@ def test_serve_builds_and_registers_the_cron_deployment(pool_config, prefect_har
     assert "5 prompts, 5 not in the catalog yet, 2 per run" in result.output
     (deployment,) = served
     assert deployment.name == "nightly" and deployment.flow_name == FLOW_NAME
+    assert deployment.concurrency_limit == 1  # overlapping runs would pick the same new prompts
     (schedule,) = deployment.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 3 * * *", "Europe/Paris")
     assert deployment.parameters == {"config": str(pool_config.resolve()), "overrides": {}}
@@ -87,6 +88,7 @@ def test_serve_builds_and_registers_the_cron_deployment(pool_config, prefect_har
         assert client.read_flow(stored.flow_id).name == FLOW_NAME
     assert stored.name == "nightly" and stored.parameters == deployment.parameters
     assert [s.schedule.cron for s in stored.schedules] == ["0 3 * * *"]
+    assert stored.global_concurrency_limit.limit == 1
 
 
 def test_serve_without_a_prefect_server_says_what_to_do(pool_config):
@@ -117,6 +119,7 @@ def test_deploy_writes_a_prefect_yaml_entry_and_keeps_the_others(pool_config, mo
     assert nightly.name == "nightly" and nightly.work_pool.name == "gpu-pool"
     assert nightly.parameters == {"config": pool_config.name, "overrides": {}}
     assert [(s.cron, s.timezone) for s in nightly.schedules] == [("0 3 * * *", "UTC")]
+    assert nightly.concurrency_limit == 1
     step = nightly.pull[0]["prefect.deployments.steps.set_working_directory"]
     assert step == {"directory": str(pool_config.parent)}
     flow = load_flow_from_entrypoint(nightly.entrypoint)
