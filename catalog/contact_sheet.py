@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from catalog.summary import read_run
+
 CELL = 96  # pixels per candidate thumbnail
 BORDER = 4
 LABEL = 260  # pixels for the prompt text at the left of each row
@@ -37,6 +39,11 @@ def contact_sheet(rows: pd.DataFrame, root: Path, out: Path, max_prompts: int = 
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
+
+
+def run_contact_sheet(root: Path, run_id: str) -> Path:
+    """The contact sheet of run ``run_id``, written to ``<root>/contact-sheet-<run_id>.png``."""
+    return contact_sheet(read_run(root, run_id), root, root / f"contact-sheet-{run_id}.png")
 
 
 def _shorten(text: str, limit: int = 38) -> str:

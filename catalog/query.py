@@ -23,6 +23,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from models.errors import WinnowError
@@ -39,6 +40,16 @@ def part_files(root: str | Path, run_id: str | None = None) -> list[Path]:
     runs = Path(root) / "runs"
     pattern = f"{run_id}/*.parquet" if run_id else "*/*.parquet"
     return sorted(p for p in runs.glob(pattern) if not p.name.startswith((".", "_")))
+
+
+def prompt_ids(root: str | Path, except_run: str | None = None) -> set[str]:
+    """The prompt ids in the catalog at ``root`` (empty if it has none yet), leaving out the
+    rows of run ``except_run``. Reads only the ``prompt_id`` column."""
+    parts = [p for p in part_files(root) if p.parent.name != except_run]
+    if not parts:
+        return set()
+    column = ds.dataset([str(p) for p in parts], format="parquet").to_table(columns=["prompt_id"])[0]
+    return set(pc.unique(column).to_pylist())
 
 
 def _require_parts(root: str | Path, run_id: str | None) -> list[Path]:

@@ -26,7 +26,7 @@ _BASE = [
     ("round", pa.int16(), "adaptive-N round that generated it (0 = first; always 0 for a fixed N)"),
     ("prompt", pa.string(), "the prompt text"),
     ("negative_prompt", pa.string(), "the negative prompt ('' = none)"),
-    ("prompt_meta", pa.string(), "JSON object of the prompt file's other columns"),
+    ("prompt_meta", pa.string(), "JSON object of the prompt file's other columns, or template+choices"),
     ("seed", pa.int64(), "torch.Generator seed of this candidate (CPU generator)"),
     ("batch_index", pa.int32(), "pipeline call within the shard"),
     ("batch_position", pa.int32(), "position within that call"),

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flows.commands import register
+from flows.schedule_cli import register as register_schedule
 
 app = typer.Typer(
     help="Generate N candidates per prompt, score them, keep the best, catalog everything.",
@@ -109,15 +110,9 @@ def run(
         raise typer.Exit(130) from None
     _print_summary(summary)
     if cfg.run.contact_sheet:
-        from catalog.contact_sheet import contact_sheet
-        from catalog.summary import read_run
+        from catalog.contact_sheet import run_contact_sheet
 
-        sheet = contact_sheet(
-            read_run(summary.catalog, summary.run_id),
-            summary.catalog,
-            summary.catalog / f"contact-sheet-{summary.run_id}.png",
-        )
-        console.print(f"contact sheet: [bold]{sheet}[/]")
+        console.print(f"contact sheet: [bold]{run_contact_sheet(summary.catalog, summary.run_id)}[/]")
     console.print(f"catalog: [bold]{summary.catalog}[/] (run {summary.run_id})")
 
 
@@ -164,9 +159,12 @@ def _print_summary(s) -> None:
     for row in s.scores:
         scores.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in row))
     console.print(scores)
+    if s.note:
+        console.print(f"[yellow]note:[/] {s.note}", highlight=False)
 
 
 register(app)  # catalog stats/query, regenerate, export, report, score
+register_schedule(app)  # serve, deploy
 
 if __name__ == "__main__":
     sys.exit(app())

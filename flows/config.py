@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from flows.templates import TemplateError, parse
 from models.errors import WinnowError
 from models.generator import GeneratorParams
 from scoring.base import REGISTRY
@@ -41,8 +42,38 @@ class _Section(BaseModel):
 
 
 class PromptsConfig(_Section):
-    path: Path = Field(description="prompt file: .txt, .csv, .tsv, .jsonl or .parquet")
-    limit: int | None = Field(None, ge=1, description="use only the first N prompts")
+    """Exactly one source: ``path``, ``pool`` or ``template`` (``flows/prompt_source.py``)."""
+
+    path: Path | None = Field(None, description="prompt file: .txt, .csv, .tsv, .jsonl or .parquet")
+    limit: int | None = Field(None, ge=1, description="use only the first N prompts of `path`")
+    pool: Path | None = Field(
+        None, description="large prompt file (same formats): each run takes `sample` not yet in the catalog"
+    )
+    template: str | list[str] | None = Field(
+        None, description="wildcard template(s): {a|b} alternatives, __name__ word lists"
+    )
+    wordlists: Path | None = Field(None, description="folder of <name>.txt word lists for __name__")
+    sample: int | None = Field(
+        None, ge=1, description="K: prompts per run from `pool` (required) or `template` (default: all)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptsConfig:
+        given = [key for key in ("path", "pool", "template") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of path, pool, template (got {', '.join(given) or 'none'})")
+        if self.limit is not None and self.path is None:
+            raise ValueError("limit applies to path only (use sample)")
+        if self.sample is not None and self.path is not None:
+            raise ValueError("sample applies to pool and template only (use limit)")
+        if self.pool is not None and self.sample is None:
+            raise ValueError("pool needs sample (prompts per run)")
+        for text in [self.template] if isinstance(self.template, str) else self.template or []:
+            try:  # syntax errors now, with their position; word lists are read per run
+                parse(text)
+            except TemplateError as err:
+                raise ValueError(str(err)) from None
+        return self
 
 
 # Union member tags; they are left out of error locations.

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import flow, task, unmapped
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -19,7 +19,7 @@ from catalog.report import write_report
 from catalog.summary import read_run, score_table
 from flows import progress
 from flows.config import Config
-from flows.prompts import read_prompts
+from flows.prompt_source import choose_prompts
 from flows.shard import ShardPlan, ShardResult, default_run_id, plan_shards, process_shard
 
 
@@ -35,6 +35,7 @@ class RunSummary:
     shards: int
     seconds: float
     scores: list[dict]  # score_table rows
+    note: str | None = None  # about the prompts, e.g. a pool with fewer new prompts than asked
 
     @property
     def images_per_s(self) -> float:
@@ -50,7 +51,10 @@ def process_shard_task(config: Config, plan: ShardPlan) -> ShardResult:
 def curate(config: Config) -> RunSummary:
     """Generate N candidates per prompt, score them, keep the best, record all in the catalog."""
     began = time.perf_counter()
-    prompts = read_prompts(config.prompts.path, config.generator.negative_prompt, config.prompts.limit)
+    chosen = choose_prompts(config)
+    prompts = chosen.prompts
+    if chosen.note:
+        get_run_logger().warning(chosen.note)
     run_id = config.run.run_id or default_run_id(config, prompts)
     plans = plan_shards(run_id, prompts, config.run.shard_size)
     root = Path(config.run.out)
@@ -71,6 +75,7 @@ def curate(config: Config) -> RunSummary:
         shards=len(results),
         seconds=time.perf_counter() - began,
         scores=scores.round(4).to_dict("records"),
+        note=chosen.note,
     )
     create_table_artifact(
         key="curate-summary",

@@ -16,6 +16,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -35,11 +36,16 @@ class Prompt:
     id: str  # 16 hex chars: hash of text + negative prompt (+ occurrence, for repeats)
     text: str
     negative: str
-    meta: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # JSON-able: catalog column prompt_meta
 
     @property
     def meta_json(self) -> str:
         return json.dumps(self.meta, ensure_ascii=False, sort_keys=True)
+
+
+def prompt_id(text: str, negative: str) -> str:
+    """The content hash of a prompt and its negative prompt: 16 hex characters."""
+    return hashlib.blake2b(f"{text}\x1f{negative}".encode(), digest_size=8).hexdigest()
 
 
 def _table(path: Path) -> pd.DataFrame:
@@ -93,7 +99,7 @@ def read_prompts(path: str | Path, negative_prompt: str = "", limit: int | None 
             raise PromptFileError(f"{path}: row {row_no} has an empty or non-text prompt")
         negative = row[neg_col] if neg_col and isinstance(row[neg_col], str) and row[neg_col] else None
         negative = negative if negative is not None else negative_prompt
-        key = hashlib.blake2b(f"{text}\x1f{negative}".encode(), digest_size=8).hexdigest()
+        key = prompt_id(text, negative)
         seen[key] += 1
         if seen[key] > 1:  # the same prompt twice gets candidates twice, under distinct ids
             key = hashlib.blake2b(f"{key}\x1f{seen[key]}".encode(), digest_size=8).hexdigest()
