@@ -118,7 +118,9 @@ class PruneConfig(_Section):
 class RunConfig(_Section):
     out: Path = Field(Path("out/catalog"), description="catalog folder (created if missing)")
     run_id: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="default: hash of config and prompts"
+        None,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$",  # a folder name; never ".." or hidden
+        description="default: hash of config and prompts",
     )
     seed: int = Field(0, ge=0, description="run seed; candidate seeds derive from it")
     candidates: Annotated[

@@ -28,6 +28,7 @@ def test_valid_config_and_overrides(make_config):
         (lambda d: d["select"].update(floors={"aesthtic": 5}), "aesthtic"),
         (lambda d: d["scorers"]["clip_score"].update(clip=3), "scorers.clip_score"),
         (lambda d: d["run"].update(run_id="../escape"), "run.run_id"),
+        (lambda d: d["run"].update(run_id=".."), "run.run_id"),  # would be runs/.. on disk
     ],
 )
 def test_invalid_configs_give_one_line(make_config, change, message):
