@@ -37,19 +37,20 @@ from flows.prompts import read_prompts
 from flows.shard import plan_shards, process_shard
 from models.shapes import oracle
 from models.shapes.world import all_captions
-from scoring.select import select
+from scoring.select import Policy, select
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "smart.json"
-GRID = [(f, p) for f in (0.2, 0.3, 0.5) for p in (0.5, 0.75)]
-ROUNDS = {"min": 2, "max": 8, "until_kept": 1}
+GRID = [(f, p) for f in (0.2, 0.3, 0.5) for p in (0.5, 0.625, 0.75)]
+KEEPS = (1, 2)
+ROUNDS = [{"min": 2, "max": 8, "until_kept": 1}, {"min": 2, "max": 8, "until_kept": 2}]
 
 
 def run(data: dict[str, Any], out: Path) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Run ``data`` (a config mapping) into ``out``; its rows (with oracle verdicts for the
-    images written) and its cost."""
+    """Run ``data`` (a config mapping) into ``out``; its rows (with the oracle's verdict on
+    every finished image) and its cost."""
     data = copy.deepcopy(data)
-    data["run"]["out"] = str(out)
+    data["run"].update(out=str(out), save_rejected=True)
     config = Config.model_validate(data)
     prompts = read_prompts(config.prompts.path)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -64,31 +65,40 @@ def run(data: dict[str, Any], out: Path) -> tuple[pd.DataFrame, dict[str, float]
         for r in rows.itertuples()
     ]
     at = rows["reject_reason"].astype("string").str.extract(r"^pruned_at_step:(\d+)$")[0].astype(float)
+    rows["pruned"] = at.notna()
     cost["unet_steps"] = float(at.fillna(rows["steps"].astype(float)).sum())
     return rows, cost
 
 
-def summary(rows: pd.DataFrame, cost: dict[str, float]) -> dict[str, float]:
-    kept = rows[rows["kept"]]
+def keep(rows: pd.DataFrame, select_section: dict[str, Any]) -> pd.DataFrame:
+    """The finished (unpruned) rows, selected again by ``select_section``: a run's candidates
+    serve every policy, since selection does not change what is generated."""
+    live = rows[~rows["pruned"]]
+    policy = Policy.model_validate(select_section)
+    scores = {c.removeprefix("score_"): live[c].to_numpy() for c in live if c.startswith("score_")}
+    chosen = select(scores, live["prompt_id"].to_numpy(), policy)
+    return live[chosen.kept]
+
+
+def summary(kept: pd.DataFrame, cost: dict[str, float], candidates: int) -> dict[str, float]:
     n = max(len(kept), 1)
     return {
-        "candidates": len(rows),
         "kept": len(kept),
         "kept_adherence": float(kept["right"].mean()),
-        "best_adherence": float(kept.loc[kept.groupby("prompt_id")["rank"].idxmin(), "right"].mean()),
         "wall_s_per_kept": cost["wall_s"] / n,
         "cpu_s_per_kept": cost["cpu_s"] / n,
         "unet_steps_per_kept": cost["unet_steps"] / n,
-        "candidates_per_kept": len(rows) / n,
+        "candidates_per_kept": candidates / n,
     }
 
 
-def reselect(rows: pd.DataFrame, data: dict[str, Any]) -> pd.DataFrame:
-    """``rows`` with the kept set the policy ``data['select']`` gives (same candidates)."""
-    policy = Config.model_validate(data).select
-    scores = {c.removeprefix("score_"): rows[c].to_numpy() for c in rows if c.startswith("score_")}
-    chosen = select(scores, rows["prompt_id"].to_numpy(), policy)
-    return rows.assign(kept=chosen.kept, rank=chosen.rank)
+def versus(s: dict[str, float], plain: dict[str, float]) -> dict[str, float]:
+    """How many times less each cost is than the plain run's, and the adherence change."""
+    return {
+        **{f"speedup_{c}": plain[f"{c}_s_per_kept"] / s[f"{c}_s_per_kept"] for c in ("wall", "cpu")},
+        "speedup_unet": plain["unet_steps_per_kept"] / s["unet_steps_per_kept"],
+        "adherence_delta_points": 100 * (s["kept_adherence"] - plain["kept_adherence"]),
+    }
 
 
 def measure(prompts: int, tmp: Path, grid: list[tuple[float, float]] = GRID) -> dict[str, Any]:
@@ -97,56 +107,51 @@ def measure(prompts: int, tmp: Path, grid: list[tuple[float, float]] = GRID) -> 
     prompt_file.write_text("\n".join(captions) + "\n")
     base = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     base["prompts"] = {"path": str(prompt_file)}
-    base["run"]["save_rejected"] = True  # every finished image gets the oracle's verdict
     base["run"]["candidates"] = 8
     steps = base["generator"]["steps"]
+    policies = {k: {**base["select"], "keep": k} for k in KEEPS}
 
     run(base | {"prompts": {"path": str(prompt_file), "limit": 2}}, tmp / "warm-up")  # model loads
     plain_rows, plain_cost = run(base, tmp / "plain")
-    plain = summary(plain_rows, plain_cost)
+    plain = {k: summary(keep(plain_rows, policies[k]), plain_cost, len(plain_rows)) for k in KEEPS}
+
     curve = []
-    for f, p in grid:
-        data = base | {"prune": {"at": f, "drop": p}}
+    for f, p in grid:  # `drop` must leave at least `keep` survivors: validate at the largest k
+        data = base | {"select": policies[max(KEEPS)], "prune": {"at": f, "drop": p}}
         rows, cost = run(data, tmp / f"prune-{f}-{p}")
-        s = summary(rows, cost)
-        curve.append(
+        point: dict[str, Any] = {"at": f, "drop": p, "step": round(f * steps), "survivors": 8 - int(p * 8)}
+        for k in KEEPS:
+            s = summary(keep(rows, policies[k]), cost, len(rows))
+            point[f"keep_{k}"] = s | versus(s, plain[k])
+        curve.append(point)
+
+    # Adaptive N: a floor at the plain run's median CLIP score. The fixed-N side is the plain
+    # run's candidates selected with that floor (generation is the same), at the plain cost.
+    floor = float(plain_rows["score_clip_score"].median())
+    adaptive = []
+    for rounds in ROUNDS:
+        policy = {**base["select"], "keep": rounds["until_kept"], "floors": {"clip_score": floor}}
+        fixed = summary(keep(plain_rows, policy), plain_cost, len(plain_rows))
+        data = base | {"select": policy, "run": {**base["run"], "candidates": rounds}}
+        rows, cost = run(data, tmp / f"adaptive-{rounds['until_kept']}")
+        s = summary(keep(rows, policy), cost, len(rows))
+        by_rounds = rows.groupby("prompt_id")["round"].max().add(1).value_counts().sort_index()
+        adaptive.append(
             {
-                "at": f,
-                "drop": p,
-                "step": round(f * steps),
-                **s,
-                "speedup_wall": plain["wall_s_per_kept"] / s["wall_s_per_kept"],
-                "speedup_cpu": plain["cpu_s_per_kept"] / s["cpu_s_per_kept"],
-                "speedup_unet": plain["unet_steps_per_kept"] / s["unet_steps_per_kept"],
-                "adherence_delta_points": 100 * (s["kept_adherence"] - plain["kept_adherence"]),
+                "rounds": rounds,
+                "fixed_8": fixed,
+                "adaptive": s | {"prompts_by_rounds": {int(k): int(v) for k, v in by_rounds.items()}},
+                "candidates_per_kept_ratio": fixed["candidates_per_kept"] / s["candidates_per_kept"],
+                "adherence_delta_points": 100 * (s["kept_adherence"] - fixed["kept_adherence"]),
             }
         )
-
-    # Adaptive N: a floor at the plain run's median CLIP score, keep 1. The fixed-N policy is
-    # the same candidates re-selected (generation is identical), so its cost is the plain run's.
-    floor = float(plain_rows["score_clip_score"].median())
-    policy = {**base["select"], "keep": 1, "floors": {"clip_score": floor}}
-    fixed_rows = reselect(plain_rows, base | {"select": policy})
-    fixed = summary(fixed_rows, plain_cost)
-    adaptive_run = {**base["run"], "candidates": ROUNDS}
-    rows, cost = run(base | {"select": policy, "run": adaptive_run}, tmp / "adaptive")
-    adaptive = summary(rows, cost)
-    rounds = rows.groupby("prompt_id")["round"].max().add(1).value_counts().sort_index()
-    adaptive["prompts_by_rounds"] = {int(k): int(v) for k, v in rounds.items()}
 
     return {
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load_average_start": os.getloadavg()},
         "settings": {"prompts": len(captions), "candidates": 8, "steps": steps, "config": "demo.yaml"},
-        "plain": plain,
+        "plain": {f"keep_{k}": v for k, v in plain.items()},
         "pruning": curve,
-        "adaptive": {
-            "floor_clip_score": floor,
-            "keep": 1,
-            "rounds_config": ROUNDS,
-            "fixed_8": fixed,
-            "adaptive": adaptive,
-            "candidates_per_kept_ratio": fixed["candidates_per_kept"] / adaptive["candidates_per_kept"],
-        },
+        "adaptive": {"floor_clip_score": floor, "runs": adaptive},
     }
 
 
