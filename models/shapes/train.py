@@ -47,7 +47,7 @@ SEED = 1234
 N_RENDERS = 20_000
 N_RECON = 4096
 N_GENERATED = 1536
-SAMPLE_GUIDANCE = (1.5, 2.5, 4.0)  # generations for the CLIP: around and beyond the demo's 2.0
+SAMPLE_GUIDANCE = (1.5, 2.5, 4.0)  # generations for the CLIP: the demo's 1.5 and sharper
 CLIP_NAME = "shapes-clip"  # open_clip architecture name = file stem in the clip folder
 
 
