@@ -1,12 +1,14 @@
 """Train every bundled shapes model, in order, and write ``models/shapes/weights``.
 
     python -m models.shapes.train            # full run (seeded, CPU, ~48 min on 2 free cores)
-    python -m models.shapes.train --scale 0.05 --out /tmp/shapes-smoke   # smoke test
+    python -m models.shapes.train --scale 0.005 --stop export \
+        --work /tmp/shapes-smoke --out /tmp/shapes-smoke/out        # smoke test (~3 min)
 
 Stages (each checkpointed under ``--work`` so a later stage can be re-run with ``--start``):
-vae -> diffusion -> decoder (fine-tune) -> samples (oracle-labelled generations for the CLIP) -> clip
--> aesthetic
--> export (fp16 safetensors) -> evaluate (from the exported files).
+vae -> diffusion -> decoder (fine-tune) -> samples (oracle-labelled generations for the CLIP)
+-> clip -> aesthetic -> export (fp16 safetensors) -> evaluate (from the exported files, loaded
+through winnow's own loaders). Wall time and seconds per step of each stage go to
+``<work>/timings.json``, the evaluate stage's metrics to ``<work>/metrics.json``.
 """
 
 from __future__ import annotations
