@@ -13,6 +13,7 @@ asks the oracle whether it shows what its prompt says. Writes ``bench/results/sh
     clip_zero_shot   tiny CLIP's zero-shot accuracy (colour, shape and background all right)
     aesthetic_spearman  Spearman of the aesthetic head vs -degradation level
 
+Prompts are the world's 69 full captions (``--prompts K``: a seeded subset of K of them).
 Run with ``make bench-quality`` (or ``python -m bench.quality --prompts 32``).
 """
 
@@ -33,17 +34,20 @@ from flows.config import Config
 from flows.prompts import read_prompts
 from flows.shard import plan_shards, process_shard
 from models.shapes import evaluate, oracle
-from models.shapes.load import load_aesthetic, load_clip
 from models.shapes.world import all_captions
+from scoring.aesthetic import load_head
+from scoring.clip import ClipSpec
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "shapes.json"
 
 
-def curation(prompts: int, n: int, workdir: Path, seed: int = 0) -> dict[str, float]:
-    """Adherence of single, best, random and worst candidates over ``prompts`` × ``n``."""
-    captions = all_captions(short=True)
-    pick = np.random.default_rng(seed).choice(len(captions), size=prompts, replace=False)
+def curation(prompts: int | None, n: int, workdir: Path, seed: int = 0) -> dict[str, float]:
+    """Adherence of single, best, random and worst candidates over ``prompts`` × ``n``
+    (``None``: every full caption of the world)."""
+    captions = all_captions(short=False)
+    count = len(captions) if prompts is None else prompts
+    pick = np.random.default_rng(seed).choice(len(captions), size=count, replace=False)
     prompt_file = workdir / "prompts.txt"
     prompt_file.write_text("\n".join(captions[i] for i in sorted(pick)) + "\n")
     data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
@@ -74,20 +78,22 @@ def models_quality(renders: int) -> dict[str, float]:
     from models.generator import GeneratorParams, load_pipeline
 
     pipe = load_pipeline(GeneratorParams(model="bundled:shapes-sd", device="cpu"))
-    clip, _, _ = load_clip()
+    clip = ClipSpec(model="bundled:shapes-clip")
+    head = load_head("bundled:shapes-aesthetic", "cpu")
     return {
         "vae_roundtrip": evaluate.vae_roundtrip(pipe.vae, n=renders),
         "clip_zero_shot": evaluate.clip_zero_shot(clip, n=renders)["exact"],
-        "aesthetic_spearman": evaluate.aesthetic_spearman(clip, load_aesthetic(), n=renders)["spearman"],
+        "aesthetic_spearman": evaluate.aesthetic_spearman(clip, head, n=renders)["spearman"],
     }
 
 
-def measure(prompts: int = 32, n: int = 8, renders: int = 1000, seed: int = 0) -> dict:
+def measure(prompts: int | None = None, n: int = 8, renders: int = 1000, seed: int = 0) -> dict:
+    """Every metric plus the run's settings (``seconds``: wall time of the whole run)."""
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         result = curation(prompts, n, Path(tmp), seed) | models_quality(renders)
     result["settings"] = {
-        "prompts": prompts,
+        "prompts": prompts or len(all_captions(short=False)),
         "candidates": n,
         "renders": renders,
         "seed": seed,
@@ -99,7 +105,7 @@ def measure(prompts: int = 32, n: int = 8, renders: int = 1000, seed: int = 0) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=None, help="default: all 69 full captions")
     parser.add_argument("--renders", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

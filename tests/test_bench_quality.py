@@ -14,10 +14,10 @@ def test_selection_beats_chance_and_reaches_the_bar(tmp_path):
     from bench.quality import curation
 
     q = curation(prompts=16, n=8, workdir=tmp_path)
-    assert 0.3 <= q["single"] <= 0.92  # an imperfect model, as real ones are
-    assert q["best_of_8"] >= 0.8  # full size: >= 0.93 over 32 prompts
-    assert q["best_of_8"] >= q["single"] + 0.05
-    assert q["best_of_8"] >= q["worst_of_8"]
+    assert 0.3 <= q["single"] <= 0.9  # full size: 40-85% over all 69 captions
+    assert q["best_of_8"] >= 0.85  # full size: >= 93%
+    assert q["best_of_8"] >= q["single"] + 0.05  # full size: >= 10 points above random_of_8
+    assert q["best_of_8"] >= q["worst_of_8"] + 0.1
     assert q["oracle_any_of_8"] >= q["best_of_8"]
 
 
@@ -25,6 +25,6 @@ def test_bundled_models_quality():
     from bench.quality import models_quality
 
     q = models_quality(renders=300)
-    assert q["vae_roundtrip"] >= 0.95
-    assert q["clip_zero_shot"] >= 0.95
-    assert q["aesthetic_spearman"] >= 0.7
+    assert q["vae_roundtrip"] >= 0.94  # full size: >= 98% over 1,000 renders
+    assert q["clip_zero_shot"] >= 0.96  # full size: >= 98%
+    assert q["aesthetic_spearman"] >= 0.75  # full size: >= 0.8

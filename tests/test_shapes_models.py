@@ -8,30 +8,36 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.shapes import AESTHETIC_PATH, CLIP_CHECKPOINT, SD_DIR, WEIGHTS_DIR
 from models.shapes import evaluate as ev
 from models.shapes.world import SIZE
+from models.sources import BUNDLED, BUNDLED_ROOT
+
+SD_DIR = BUNDLED["shapes-sd"]
 
 pytestmark = pytest.mark.skipif(
-    not (SD_DIR / "model_index.json").exists() or not CLIP_CHECKPOINT.exists(),
-    reason="shapes weights not built: run `python -m models.shapes.train`",
+    not (SD_DIR / "model_index.json").exists() or not BUNDLED["shapes-aesthetic"].exists(),
+    reason="shapes weights not built: run `make train-shapes`",
 )
 
 
 @pytest.fixture(scope="module")
 def models() -> tuple:
-    from models.shapes.load import load_aesthetic, load_clip, load_pipeline
+    """(pipeline, CLIP spec, aesthetic head), loaded the way a winnow run loads them."""
+    from models.generator import GeneratorParams, load_pipeline
+    from scoring.aesthetic import load_head
+    from scoring.clip import ClipSpec
 
     torch.manual_seed(0)
-    return load_pipeline(), load_clip()[0], load_aesthetic()
+    pipe = load_pipeline(GeneratorParams(model="bundled:shapes-sd", device="cpu"))
+    return pipe, ClipSpec(model="bundled:shapes-clip"), load_head("bundled:shapes-aesthetic", "cpu")
 
 
 def test_weights_layout_and_size() -> None:
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert (SD_DIR / sub).is_dir()
-    total = sum(f.stat().st_size for f in WEIGHTS_DIR.rglob("*") if f.is_file())
+    total = sum(f.stat().st_size for f in BUNDLED_ROOT.rglob("*") if f.is_file())
     assert total <= 25 * 1024 * 1024
-    keys = set(load_file(str(AESTHETIC_PATH)))
+    keys = set(load_file(str(BUNDLED["shapes-aesthetic"])))
     assert {f"layers.{i}.weight" for i in (0, 2, 4, 6, 7)} <= keys
 
 

@@ -105,3 +105,15 @@ def test_degrade_levels() -> None:
         assert out.shape == img.shape and out.dtype == np.uint8
         assert not (out == img).all()
     assert quality(np.array([0.0, 1.0])).tolist() == [10.0, 1.0]
+
+
+def test_occlusion_always_hides_part_of_the_shape() -> None:
+    # A block of the shape's own colour inside a square would change nothing while the label
+    # still says "degraded"; the occluder must differ visibly from the shape, at every level.
+    rng = np.random.default_rng(11)
+    for colour in COLOURS:
+        img = render(colour, "square", "black" if colour != "white" else "gray", rng)
+        for level in (0.2, 0.6, 1.0):
+            for _ in range(5):
+                out = degrade(img, level, rng, "occlusion")
+                assert np.abs(out.astype(int) - img.astype(int)).max() > 30

@@ -7,14 +7,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from models.shapes.world import Scene, all_captions, all_scenes, render_batch
-
-# open_clip's default (OpenAI) normalisation; the shapes CLIP keeps it so open_clip's
-# standard preprocess transform feeds it exactly what it was trained on.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 FULL_CAPTIONS: list[str] = all_captions(short=False)  # 69, index = scene index
 SHORT_CAPTIONS: list[str] = all_captions(short=True)[len(FULL_CAPTIONS) :]  # 18
@@ -56,17 +51,14 @@ def from_signed(x: torch.Tensor) -> np.ndarray:
 
 
 def clip_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``(N, 32, 32, 3)`` -> normalised float ``(N, 3, 32, 32)``, as open_clip's
-    preprocess would produce for 32x32 PIL images."""
+    """uint8 ``(N, 32, 32, 3)`` -> normalised float ``(N, 3, 32, 32)``: what open_clip's
+    preprocess (and ``scoring.clip.preprocess``) makes of 32x32 images with the default
+    OpenAI mean/std, which the shapes CLIP's config keeps. Training only; inference goes
+    through ``scoring.clip``."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-def to_pil(images: np.ndarray) -> list[Image.Image]:
-    """uint8 ``(N, H, W, 3)`` -> PIL images."""
-    return [Image.fromarray(im) for im in images]
 
 
 def cosine_lr(step: int, total: int, warmup: int) -> float:

@@ -45,7 +45,8 @@ def degrade(image: np.ndarray, level: float, rng: np.random.Generator, kind: str
     - blur: Gaussian, sigma 0.4-2.4 px;
     - noise: Gaussian pixel noise, std up to 70 (0-255 units);
     - jitter: smooth colour blotches, amplitude up to 110;
-    - occlusion: a block of another colour over up to ~60% of the shape's box;
+    - occlusion: a block of another palette colour (not the shape's) over up to ~60% of
+      the shape's box;
     - distortion: a wavy warp of up to 4 px that turns the shape into a wrong-looking one.
     """
     if level <= 0:
@@ -72,7 +73,13 @@ def degrade(image: np.ndarray, level: float, rng: np.random.Generator, kind: str
         bh, bw = max(1, round((y1 - y0) * frac)), max(1, round((x1 - x0) * frac))
         oy = int(rng.integers(y0, max(y0 + 1, y1 - bh + 1)))
         ox = int(rng.integers(x0, max(x0 + 1, x1 - bw + 1)))
-        palette = list(COLOURS.values()) + list(BACKGROUNDS.values())
+        # Any palette colour but the shape's own: a block of that colour would hide nothing.
+        shape_rgb = np.median(img[ys, xs], axis=0)
+        palette = [
+            c
+            for c in (*COLOURS.values(), *BACKGROUNDS.values())
+            if np.linalg.norm(np.asarray(c, dtype=np.float64) - shape_rgb) > 40.0
+        ]
         out = img.copy()
         out[oy : oy + bh, ox : ox + bw] = palette[int(rng.integers(len(palette)))]
     elif kind == "distortion":

@@ -1,5 +1,8 @@
-"""Quality measurements of the shapes models (reused by the core's ``bench/quality.py``).
+"""Quality measurements of the shapes models (the training's ``evaluate`` stage and the core's
+``bench/quality.py`` both use them).
 
+CLIP embeddings, CLIP scores and aesthetic scores go through ``scoring/`` (the same loading,
+preprocessing and scorer code a winnow run uses), so what is measured here is what winnow sees.
 All rates are fractions in [0, 1]; every function is deterministic for a given ``seed``.
 """
 
@@ -9,26 +12,44 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-import open_clip
+import pandas as pd
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DiffusionPipeline
 
 from models.shapes import oracle
 from models.shapes.data import FULL_CAPTIONS, render_pool
-from models.shapes.train_aesthetic import AestheticHead, degraded_set, embed_images
+from models.shapes.degrade import degrade_batch
 from models.shapes.train_vae import reconstruct
 from models.shapes.world import all_scenes
+from scoring.aesthetic import AestheticHead
+from scoring.base import Candidates
+from scoring.clip import ClipSpec, encode_images, encode_texts
+from scoring.clip_score import ClipScoreParams, ClipScoreScorer
 
 EVAL_SEED = 10_000  # renders used for evaluation come from seeds no training stage uses
+CPU = torch.device("cpu")
 
 DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 4.0
+DEFAULT_GUIDANCE = 1.5  # = configs/demo.yaml; single-sample adherence ~76%, see the README
 
 
 def _labels(ids: np.ndarray) -> list[tuple[str, str, str]]:
     scenes = all_scenes()
     return [(scenes[i].colour, scenes[i].shape, scenes[i].background or "") for i in ids]
+
+
+def as_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> float32 ``(N, 3, H, W)`` in [0, 1], the scorers' input."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
+
+
+def degraded_set(
+    images: np.ndarray, p_clean: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Degrade each image at a random level (0 with probability ``p_clean``, else U(0, 1))."""
+    levels = rng.uniform(0.0, 1.0, len(images))
+    levels[rng.uniform(size=len(images)) < p_clean] = 0.0
+    return degrade_batch(images, levels, rng), levels
 
 
 def vae_roundtrip(vae: AutoencoderKL, n: int = 500, seed: int = EVAL_SEED) -> float:
@@ -38,22 +59,15 @@ def vae_roundtrip(vae: AutoencoderKL, n: int = 500, seed: int = EVAL_SEED) -> fl
     return float(np.mean([oracle.read(r) == t for r, t in zip(recon, _labels(ids), strict=True)]))
 
 
-@torch.no_grad()
-def text_embeddings(model: open_clip.CLIP, captions: Sequence[str]) -> torch.Tensor:
-    """L2-normalised text embeddings ``(len(captions), embed_dim)``."""
-    device = next(model.parameters()).device
-    return F.normalize(model.encode_text(open_clip.tokenize(list(captions)).to(device)), dim=-1).cpu()
-
-
-def clip_zero_shot(model: open_clip.CLIP, n: int = 1000, seed: int = EVAL_SEED + 1) -> dict[str, float]:
+def clip_zero_shot(clip: ClipSpec, n: int = 1000, seed: int = EVAL_SEED + 1) -> dict[str, float]:
     """Zero-shot accuracy over the 69 full captions on ``n`` held-out clean renders.
 
     ``exact``: the top caption names colour, shape and background right; ``colour``,
     ``shape``, ``background``: per-attribute accuracy of the top caption.
     """
     images, ids = render_pool(n, seed)
-    pred = (embed_images(model, images) @ text_embeddings(model, FULL_CAPTIONS).T).argmax(1)
-    got, want = _labels(pred.numpy()), _labels(ids)
+    sims = encode_images(as_tensor(images), clip, CPU) @ encode_texts(FULL_CAPTIONS, clip, CPU).T
+    got, want = _labels(sims.argmax(1).numpy()), _labels(ids)
     out = {"exact": float(np.mean([g == w for g, w in zip(got, want, strict=True)]))}
     for k, name in enumerate(("colour", "shape", "background")):
         out[name] = float(np.mean([g[k] == w[k] for g, w in zip(got, want, strict=True)]))
@@ -61,29 +75,19 @@ def clip_zero_shot(model: open_clip.CLIP, n: int = 1000, seed: int = EVAL_SEED +
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-
-    def rank(v: np.ndarray) -> np.ndarray:
-        order = np.argsort(v, kind="stable")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        for val in np.unique(v):  # average ties
-            m = v == val
-            r[m] = r[m].mean()
-        return r
-
-    return float(np.corrcoef(rank(np.asarray(a)), rank(np.asarray(b)))[0, 1])
+    """Spearman rank correlation (Pearson correlation of average ranks)."""
+    return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
 
 
 @torch.no_grad()
 def aesthetic_spearman(
-    model: open_clip.CLIP, head: AestheticHead, n: int = 1000, seed: int = EVAL_SEED + 2
+    clip: ClipSpec, head: AestheticHead, n: int = 1000, seed: int = EVAL_SEED + 2
 ) -> dict[str, float]:
-    """Spearman(score, -level) over ``n`` held-out renders degraded at random levels, and the
-    mean score of clean (level 0) images."""
+    """Spearman(score, -level) over ``n`` held-out renders degraded at random levels (25%
+    clean), and the mean score of clean (level 0) and heavily degraded (level > 0.8) images."""
     images, _ = render_pool(n, seed)
     x, levels = degraded_set(images, 0.25, np.random.default_rng(seed))
-    score = head(embed_images(model, x)).squeeze(1).numpy()
+    score = head(encode_images(as_tensor(x), clip, CPU)).numpy()
     return {
         "spearman": spearman(score, -levels),
         "clean_mean": float(score[levels == 0].mean()),
@@ -116,17 +120,15 @@ def generate(
     return np.concatenate(out)
 
 
-@torch.no_grad()
-def clip_scores(model: open_clip.CLIP, images: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
-    """CLIP score ``max(100 * cos(image, text), 0)`` of each image with its own prompt."""
-    img = embed_images(model, images)
-    txt = text_embeddings(model, prompts)
-    return np.maximum(100.0 * (img * txt).sum(1).numpy(), 0.0)
+def clip_scores(clip: ClipSpec, images: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+    """winnow's ``clip_score`` of each image with its own prompt (0-100)."""
+    scorer = ClipScoreScorer(ClipScoreParams(clip=clip), CPU)
+    return scorer.score(Candidates(as_tensor(images), list(prompts))).numpy()
 
 
 def best_of_n(
     pipe: DiffusionPipeline,
-    model: open_clip.CLIP,
+    clip: ClipSpec,
     prompts: Sequence[str] = FULL_CAPTIONS,
     n: int = 8,
     steps: int = DEFAULT_STEPS,
@@ -135,14 +137,15 @@ def best_of_n(
 ) -> dict[str, float]:
     """Generate ``n`` candidates per prompt and measure oracle adherence.
 
-    ``single``: mean adherence of all candidates (= random-of-n); ``best``: adherence of the
-    candidate ranked first by CLIP score; ``any``: prompts with at least one right candidate.
+    ``single``: mean adherence of all candidates (= random-of-n in expectation); ``best``:
+    adherence of the candidate ranked first by CLIP score; ``any``: prompts with at least one
+    right candidate.
     """
     rep = [p for p in prompts for _ in range(n)]
     seeds = [seed + i for i in range(len(rep))]
     images = generate(pipe, rep, seeds, steps, guidance)
     ok = np.asarray([oracle.adherence(im, p) for im, p in zip(images, rep, strict=True)])
-    score = clip_scores(model, images, rep).reshape(len(prompts), n)
+    score = clip_scores(clip, images, rep).reshape(len(prompts), n)
     ok2 = ok.reshape(len(prompts), n)
     best = ok2[np.arange(len(prompts)), score.argmax(1)]
     return {"single": float(ok.mean()), "best": float(best.mean()), "any": float(ok2.any(1).mean())}

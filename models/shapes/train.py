@@ -1,12 +1,14 @@
 """Train every bundled shapes model, in order, and write ``models/shapes/weights``.
 
     python -m models.shapes.train            # full run (seeded, CPU, ~48 min on 2 free cores)
-    python -m models.shapes.train --scale 0.05 --out /tmp/shapes-smoke   # smoke test
+    python -m models.shapes.train --scale 0.005 --stop export \
+        --work /tmp/shapes-smoke --out /tmp/shapes-smoke/out        # smoke test (~3 min)
 
 Stages (each checkpointed under ``--work`` so a later stage can be re-run with ``--start``):
-vae -> diffusion -> decoder (fine-tune) -> samples (oracle-labelled generations for the CLIP) -> clip
--> aesthetic
--> export (fp16 safetensors) -> evaluate (from the exported files).
+vae -> diffusion -> decoder (fine-tune) -> samples (oracle-labelled generations for the CLIP)
+-> clip -> aesthetic -> export (fp16 safetensors) -> evaluate (from the exported files, loaded
+through winnow's own loaders). Wall time and seconds per step of each stage go to
+``<work>/timings.json``, the evaluate stage's metrics to ``<work>/metrics.json``.
 """
 
 from __future__ import annotations
@@ -28,31 +30,48 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-from models.shapes import WEIGHTS_DIR, oracle
+from models.generator import GeneratorParams, load_pipeline
+from models.shapes import evaluate as ev
+from models.shapes import oracle
 from models.shapes.data import FULL_CAPTIONS, SCENE_INDEX, SHORT_CAPTIONS, render_pool, seed_everything
 from models.shapes.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
 from models.shapes.train_aesthetic import AestheticConfig, save_aesthetic, train_aesthetic
-from models.shapes.train_clip import ClipConfig, build_clip, save_clip, train_clip
+from models.shapes.train_clip import ClipConfig, save_clip, train_clip
 from models.shapes.train_diffusion import DiffusionConfig, make_pipeline, train_diffusion
-from models.shapes.train_vae import (
-    DecoderConfig,
-    VaeConfig,
-    finetune_decoder,
-    reconstruct,
-    train_vae,
-)
+from models.shapes.train_vae import DecoderConfig, VaeConfig, finetune_decoder, reconstruct, train_vae
+from models.sources import BUNDLED_ROOT
 from models.tokenizer import build_clip_tokenizer
+from scoring.aesthetic import AestheticHead
+from scoring.clip import ClipSpec, clear_cache
 
 STAGES = ("vae", "diffusion", "decoder", "samples", "clip", "aesthetic", "export", "evaluate")
 SEED = 1234
 N_RENDERS = 20_000
 N_RECON = 4096
 N_GENERATED = 1536
+SAMPLE_GUIDANCE = (1.5, 2.5, 4.0)  # generations for the CLIP: the demo's 1.5 and sharper
+CLIP_NAME = "shapes-clip"  # open_clip architecture name = file stem in the clip folder
 
 
 def log(msg: str) -> None:
     """Timestamped progress line (flushed, for nohup logs)."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Timings:
+    """Wall time and seconds per step of each stage run, merged into a JSON file under
+    ``--work`` (so stages re-run separately keep one record)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stages: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.exists() else {}
+
+    def record(self, stage: str, began: float, steps: int) -> None:
+        """Store ``stage``'s wall seconds since ``began`` and the per-step rate over ``steps``."""
+        wall = time.time() - began
+        self.stages[stage] = {"wall_s": round(wall, 1), "steps": steps, "s_per_step": round(wall / steps, 3)}
+        self.path.write_text(json.dumps(self.stages, indent=2) + "\n")
+        log(f"{stage}: {wall:.0f}s ({wall / steps:.3f} s/step over {steps})")
 
 
 def label_by_oracle(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +88,7 @@ def label_by_oracle(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point (see module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the weights go")
+    ap.add_argument("--out", type=Path, default=BUNDLED_ROOT, help="where the weights go")
     ap.add_argument("--work", type=Path, default=Path("/tmp/shapes-train"), help="checkpoints")
     ap.add_argument("--start", choices=STAGES, default="vae", help="first stage to run")
     ap.add_argument("--stop", choices=STAGES, default="evaluate", help="last stage to run")
@@ -89,37 +108,33 @@ def main(argv: list[str] | None = None) -> None:
 
     seed_everything(SEED)
     images, ids = render_pool(N_RENDERS, SEED)
-    timings: dict[str, float] = {}
+    timings = Timings(work / "timings.json")
 
     if "vae" in run:
         t0 = time.time()
         seed_everything(SEED + 1)
-        cfg = VaeConfig()
-        vae = train_vae(images, replace(cfg, steps=steps(cfg.steps)), device, log, SEED + 1)
+        vcfg = replace(VaeConfig(), steps=steps(VaeConfig().steps))
+        vae = train_vae(images, vcfg, device, log, SEED + 1)
         vae.save_pretrained(work / "vae")
-        timings["vae"] = time.time() - t0
+        timings.record("vae", t0, vcfg.steps)
     vae = AutoencoderKL.from_pretrained(work / "vae").to(device).eval()
 
     if "diffusion" in run:
         t0 = time.time()
         seed_everything(SEED + 2)
         tokenizer = build_clip_tokenizer(work / "tokenizer")
-        dcfg = DiffusionConfig()
-        unet, text_encoder = train_diffusion(
-            vae, tokenizer, images, ids, replace(dcfg, steps=steps(dcfg.steps)), device, log, SEED + 2
-        )
+        dcfg = replace(DiffusionConfig(), steps=steps(DiffusionConfig().steps))
+        unet, text_encoder = train_diffusion(vae, tokenizer, images, ids, dcfg, device, log, SEED + 2)
         make_pipeline(vae, unet, text_encoder, tokenizer).save_pretrained(work / "pipe")
-        timings["diffusion"] = time.time() - t0
+        timings.record("diffusion", t0, dcfg.steps)
 
     if "decoder" in run:
         t0 = time.time()
         seed_everything(SEED + 6)
-        dc = DecoderConfig()
-        for cycle in range(dc.cycles):
-            dcc = replace(dc, steps=steps(dc.steps))
-            vae = finetune_decoder(vae, images, dcc, device, log, SEED + 6 + cycle)
+        fcfg = replace(DecoderConfig(), steps=steps(DecoderConfig().steps))
+        vae = finetune_decoder(vae, images, fcfg, device, log, SEED + 6)
         vae.save_pretrained(work / "vae_ft")
-        timings["decoder"] = time.time() - t0
+        timings.record("decoder", t0, fcfg.steps * fcfg.cycles)
     if (work / "vae_ft").exists():
         vae = AutoencoderKL.from_pretrained(work / "vae_ft").to(device).eval()
 
@@ -132,44 +147,45 @@ def main(argv: list[str] | None = None) -> None:
         captions = FULL_CAPTIONS + SHORT_CAPTIONS
         prompts = [captions[i] for i in rng.integers(0, len(captions), n_gen)]
         chunks = []
-        for k, g in enumerate((2.0, 4.0, 6.0)):  # varied guidance -> varied sample quality
-            part = prompts[k::3]
+        for k, g in enumerate(SAMPLE_GUIDANCE):  # varied guidance -> varied sample quality
+            part = prompts[k :: len(SAMPLE_GUIDANCE)]
             seeds = [SEED * 1000 + k * 100_000 + i for i in range(len(part))]
             chunks.append(generate(pipe, part, seeds, steps=15, guidance=g, batch=128))
         gen_x, gen_y = label_by_oracle(np.concatenate(chunks))
         rec_x, rec_y = label_by_oracle(reconstruct(vae, images[:N_RECON]))
         np.savez_compressed(work / "pools.npz", gen_x=gen_x, gen_y=gen_y, rec_x=rec_x, rec_y=rec_y)
         log(f"samples: {len(gen_x)}/{n_gen} generated readable, {len(rec_x)}/{N_RECON} recon")
-        timings["samples"] = time.time() - t0
+        timings.record("samples", t0, n_gen)
 
+    clip_dir = work / "clip"
+    clip_spec = ClipSpec(
+        model=str(clip_dir / f"{CLIP_NAME}.json"), pretrained=str(clip_dir / f"{CLIP_NAME}.safetensors")
+    )
     if "clip" in run:
         t0 = time.time()
         seed_everything(SEED + 4)
         pools = np.load(work / "pools.npz")
-        ccfg = ClipConfig()
+        ccfg = replace(ClipConfig(), steps=steps(ClipConfig().steps))
         clip = train_clip(
             (images, ids),
             (pools["rec_x"], pools["rec_y"]),
             (pools["gen_x"], pools["gen_y"]),
-            replace(ccfg, steps=steps(ccfg.steps)),
+            ccfg,
             device,
             log,
             SEED + 4,
         )
-        torch.save(clip.state_dict(), work / "clip.pt")
-        timings["clip"] = time.time() - t0
-    clip = build_clip().to(device)
-    if (work / "clip.pt").exists():
-        clip.load_state_dict(torch.load(work / "clip.pt", weights_only=True))
-    clip.eval()
+        save_clip(clip.cpu(), clip_dir, CLIP_NAME)
+        clear_cache()  # a CLIP loaded from clip_dir earlier in this process is stale now
+        timings.record("clip", t0, ccfg.steps)
 
     if "aesthetic" in run:
         t0 = time.time()
         seed_everything(SEED + 5)
-        acfg = AestheticConfig()
-        head = train_aesthetic(clip, images, replace(acfg, epochs=steps(acfg.epochs)), log, SEED + 5)
+        acfg = replace(AestheticConfig(), epochs=steps(AestheticConfig().epochs))
+        head = train_aesthetic(clip_spec, images, acfg, log, SEED + 5)
         save_aesthetic(head, work / "aesthetic.safetensors")
-        timings["aesthetic"] = time.time() - t0
+        timings.record("aesthetic", t0, acfg.epochs)
 
     if "export" in run:
         out: Path = args.out
@@ -179,31 +195,35 @@ def main(argv: list[str] | None = None) -> None:
         pipe = StableDiffusionPipeline.from_pretrained(work / "pipe", vae=vae)
         pipe = pipe.to(torch.float16)
         pipe.save_pretrained(out / "sd", safe_serialization=True)
-        save_clip(clip.cpu(), out / "clip")
+        shutil.copytree(clip_dir, out / "clip", dirs_exist_ok=True)
         shutil.copyfile(work / "aesthetic.safetensors", out / "aesthetic.safetensors")
         total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         log(f"export: {total / 1e6:.1f} MB under {out}")
 
-    if timings:
-        log("stage times (s): " + json.dumps({k: round(v) for k, v in timings.items()}))
-
     if "evaluate" in run:
-        from models.shapes import evaluate as ev
-        from models.shapes.load import load_aesthetic, load_clip, load_pipeline
-
         t0 = time.time()
-        pipe = load_pipeline(args.out / "sd")
-        model, _, _ = load_clip(args.out / "clip", args.out / "clip" / "shapes-clip.safetensors")
-        head = load_aesthetic(args.out / "aesthetic.safetensors")
-        metrics = {
-            "vae_roundtrip": ev.vae_roundtrip(pipe.vae),
-            "clip_zero_shot": ev.clip_zero_shot(model),
-            "aesthetic": ev.aesthetic_spearman(model, head),
-            "best_of_8": ev.best_of_n(pipe, model, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE),
-            "images_per_s_batch16": ev.sampling_speed(pipe),
-        }
+        metrics = evaluate_exported(args.out)
         log("metrics: " + json.dumps(metrics))
-        log(f"evaluate: {time.time() - t0:.0f}s")
+        (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        timings.record("evaluate", t0, 1)
+    log("stage times: " + json.dumps(timings.stages))
+
+
+def evaluate_exported(out: Path) -> dict[str, object]:
+    """Every quality measure of the exported (fp16) files, loaded as winnow loads them."""
+    pipe = load_pipeline(GeneratorParams(model=str(out / "sd"), device="cpu"))
+    spec = ClipSpec(
+        model=str(out / "clip" / f"{CLIP_NAME}.json"),
+        pretrained=str(out / "clip" / f"{CLIP_NAME}.safetensors"),
+    )
+    head = AestheticHead.from_file(out / "aesthetic.safetensors")
+    return {
+        "vae_roundtrip": ev.vae_roundtrip(pipe.vae),
+        "clip_zero_shot": ev.clip_zero_shot(spec),
+        "aesthetic": ev.aesthetic_spearman(spec, head),
+        "best_of_8": ev.best_of_n(pipe, spec, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE),
+        "images_per_s_batch16": ev.sampling_speed(pipe),
+    }
 
 
 if __name__ == "__main__":

@@ -58,12 +58,12 @@ CLIP_CONFIG: dict[str, Any] = {
 class ClipConfig:
     """Training budget and batch mix (fractions of ``batch``; the rest are clean renders)."""
 
-    steps: int = 800
+    steps: int = 900
     batch: int = 128
     lr: float = 1e-3
-    frac_recon: float = 0.2
+    frac_recon: float = 0.15
     frac_generated: float = 0.25
-    frac_degraded: float = 0.3
+    frac_degraded: float = 0.35
     probe_weight: float = 30.0
 
 

@@ -28,8 +28,8 @@ from models.shapes.data import (
     SHORT_OF_FULL,
     Log,
     cosine_lr,
-    to_signed,
 )
+from models.shapes.train_vae import encode_posterior
 
 TEXT_DIM = 64  # text encoder width = UNet cross-attention dim
 BOS, EOS = 49406, 49407  # CLIP's start/end-of-text token ids
@@ -150,14 +150,7 @@ def train_diffusion(
     empty = len(texts) - 1
 
     # Latents once (posterior mean and std); a fresh posterior sample every step.
-    vae.eval()
-    means, stds = [], []
-    with torch.no_grad():
-        for i in range(0, len(images), 256):
-            post = vae.encode(to_signed(images[i : i + 256]).to(device)).latent_dist
-            means.append(post.mean.cpu())
-            stds.append(post.std.cpu())
-    mean, std = torch.cat(means), torch.cat(stds)
+    mean, std = encode_posterior(vae.eval(), images)
     ids = torch.from_numpy(scene_ids).long()
     sf = float(vae.config.scaling_factor)
     log(f"diffusion: {len(mean)} latents, unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M")
