@@ -73,9 +73,8 @@ def ray_task_runner(runner: RunnerConfig) -> Iterator[TaskRunner]:
     if owned:
         _connect(runner)
     try:
-        if runner.address is not None:
-            alive = [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]]
-            check_api_reachable(api_url, alive, ray.util.get_node_ip_address())
+        alive = [node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]]
+        check_api_reachable(api_url, alive, ray.util.get_node_ip_address())
         options = task_options(runner, ray.cluster_resources(), worker_env(api_url))
         with temporary_settings({PREFECT_API_URL: api_url}), remote_options(**options):
             yield RayTaskRunner(address=runner.address)

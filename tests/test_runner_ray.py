@@ -216,7 +216,7 @@ def test_winnow_errors_from_ray_workers_are_one_line_and_not_retried(ray_cluster
     before = api_flow_runs()
     result = CliRunner().invoke(app, ["run", "bad.yaml", "--runner", "ray", "--out", "bad"])
     assert result.exit_code == 2, result.output
-    assert "no-such-model" in result.output and len(result.output.strip().splitlines()[-1]) > 20
+    assert "error: model" in result.output and "no-such-model" in result.output
     (flow_run,) = api_flow_runs() - before
     assert {run.run_count for run in api_task_runs(flow_run)} == {1}
 
