@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import socket
 from collections.abc import Iterator, Mapping
@@ -68,11 +69,11 @@ def ray_task_runner(runner: RunnerConfig) -> Iterator[TaskRunner]:
     from prefect_ray import RayTaskRunner
     from prefect_ray.context import remote_options
 
-    api_url = prefect_api_url()
     owned = not ray.is_initialized()
     if owned:
         _connect(runner)
     try:
+        api_url = prefect_api_url()
         alive = [node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]]
         check_api_reachable(api_url, alive, ray.util.get_node_ip_address())
         options = task_options(runner, ray.cluster_resources(), worker_env(api_url))
@@ -105,9 +106,10 @@ def _connect(runner: RunnerConfig) -> None:
         # dashboard (seconds to start, several processes) is left out.
         kwargs["include_dashboard"] = False
         if runner.workers is not None:
-            kwargs["num_cpus"] = runner.workers * runner.cpus_per_task
+            kwargs["num_cpus"] = math.ceil(runner.workers * runner.cpus_per_task)
     try:
-        ray.init(runner.address, **kwargs)
+        # "local": a new cluster even where `ray start` runs one (ray.init() would join that)
+        ray.init(runner.address or "local", **kwargs)
     except ConnectionError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RayRunnerError(f"cannot join the Ray cluster at {runner.address}: {first}") from None
@@ -187,8 +189,12 @@ def prepare_worker() -> None:
     import ray
     import torch
 
-    ids = [str(i) for i in ray.get_gpu_ids()]
+    ids = ray.get_gpu_ids()
     if ids and torch.cuda.is_available():
-        # Ray's GPU ids are the node's CUDA_VISIBLE_DEVICES entries, or device numbers.
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        torch.cuda.set_device(visible.split(",").index(ids[0]) if visible else int(ids[0]))
+        torch.cuda.set_device(cuda_index(str(ids[0]), os.environ.get("CUDA_VISIBLE_DEVICES")))
+
+
+def cuda_index(gpu_id: str, visible: str | None) -> int:
+    """The torch device number of the GPU Ray calls ``gpu_id``: Ray's GPU ids are the node's
+    ``CUDA_VISIBLE_DEVICES`` entries (numbers or UUIDs) when it is set, else device numbers."""
+    return visible.split(",").index(gpu_id) if visible else int(gpu_id)

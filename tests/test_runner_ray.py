@@ -29,7 +29,7 @@ from flows.cli import app, quiet_libraries
 from flows.config import ConfigError, RunnerConfig, load_config
 from flows.curate import run_curate
 from flows.prompts import read_prompts
-from flows.ray_runner import RayRunnerError, check_api_reachable, task_options
+from flows.ray_runner import RayRunnerError, check_api_reachable, cuda_index, task_options
 
 PROMPTS = [f"a {c} {s}" for c in ("red", "green", "blue", "pink") for s in ("circle", "square", "star")]
 SHARDS = 4  # 12 prompts, 3 per shard: more shards than workers
@@ -46,7 +46,12 @@ def ray_cluster():
     # to the next spares a worker start (seconds of imports) per test.
     config = {"num_workers_soft_limit": 4}
     ray.init(
-        num_cpus=2, num_gpus=2, include_dashboard=False, logging_level=logging.WARNING, _system_config=config
+        "local",
+        num_cpus=2,
+        num_gpus=2,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        _system_config=config,
     )
     yield Path.cwd()  # where the cluster's processes start
     ray.shutdown()
@@ -234,6 +239,9 @@ def test_runner_options_and_config_errors(make_config):
     assert task_options(ray_config, {"CPU": 2}, {})["num_gpus"] == 0
     with pytest.raises(RayRunnerError, match=r"gpus_per_task is 0\.5 but the Ray cluster has 0 GPUs"):
         task_options(RunnerConfig(kind="ray", gpus_per_task=0.5), {"CPU": 2}, {})
+
+    assert [cuda_index(i, "3,5") for i in ("3", "5")] == [0, 1]
+    assert cuda_index("GPU-b2", "GPU-a1,GPU-b2") == 1 and cuda_index("2", None) == 2
 
     check_api_reachable("http://127.0.0.1:4200/api", ["10.0.0.1"], "10.0.0.1")
     check_api_reachable("http://10.0.0.1:4200/api", ["10.0.0.1", "10.0.0.2"], "10.0.0.1")
