@@ -144,7 +144,7 @@ def worker_env(api_url: str) -> dict[str, str]:
     return env
 
 
-def task_options(runner: RunnerConfig, resources: Mapping[str, float], env: dict[str, str]) -> dict:
+def task_options(runner: RunnerConfig, resources: Mapping[str, float], env: dict[str, str]) -> dict[str, Any]:
     """Ray options of a shard task on a cluster with ``resources`` (``ray.cluster_resources()``)."""
     gpus = runner.gpus_per_task
     if gpus is None:

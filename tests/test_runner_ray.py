@@ -22,14 +22,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from prefect.states import Failed
 from typer.testing import CliRunner
 
 from catalog.query import read_catalog
 from flows.cli import app, quiet_libraries
 from flows.config import ConfigError, RunnerConfig, load_config
-from flows.curate import run_curate
+from flows.curate import _retryable, run_curate
 from flows.prompts import read_prompts
 from flows.ray_runner import RayRunnerError, check_api_reachable, cuda_index, task_options
+from models.errors import ModelNotFoundError
 
 PROMPTS = [f"a {c} {s}" for c in ("red", "green", "blue", "pink") for s in ("circle", "square", "star")]
 SHARDS = 4  # 12 prompts, 3 per shard: more shards than workers
@@ -226,7 +228,11 @@ def test_winnow_errors_from_ray_workers_are_one_line_and_not_retried(ray_cluster
     assert {run.run_count for run in api_task_runs(flow_run)} == {1}
 
 
-def test_runner_options_and_config_errors(make_config):
+def test_runner_options_retries_and_config_errors(make_config):
+    # Prefect retries a shard that raised, except winnow's own errors (they would recur)
+    assert _retryable(None, None, Failed(data=OSError("disk full")))
+    assert not _retryable(None, None, Failed(data=ModelNotFoundError("model 'x' not found")))
+
     ray_config = RunnerConfig(kind="ray", retries=3)
     gpu = task_options(ray_config, {"CPU": 16, "GPU": 8}, {"A": "1"})
     assert gpu == {
