@@ -78,6 +78,10 @@ def run(
     batch_size: Annotated[int | None, typer.Option(help="candidates per pipeline call")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default auto)")] = None,
     workers: Annotated[int | None, typer.Option(help="shards processed concurrently")] = None,
+    runner: Annotated[str | None, typer.Option(help="task runner: threads or ray")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster: auto, ray://HOST:10001 or HOST:6379 (default: local)")
+    ] = None,
 ) -> None:
     """Generate, score and select candidates for every prompt; write the catalog."""
     from flows.config import load_config
@@ -95,6 +99,8 @@ def run(
         "generator.batch_size": batch_size,
         "generator.device": device,
         "runner.workers": workers,
+        "runner.kind": runner,
+        "runner.address": address,
     }
     try:
         cfg = load_config(config, {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})

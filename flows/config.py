@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -21,6 +22,7 @@ from pydantic import (
     PositiveInt,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -133,8 +135,47 @@ class RunConfig(_Section):
 
 
 class RunnerConfig(_Section):
-    kind: Literal["threads"] = Field("threads", description="Prefect task runner")
-    workers: int = Field(1, ge=1, description="shards processed concurrently")
+    kind: Literal["threads", "ray"] = Field(
+        "threads", description="Prefect task runner: threads (this process) or ray (a Ray cluster)"
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="shards processed at once; threads: default 1; ray: size of the local cluster "
+        "winnow starts (default: one worker per GPU, or per CPU without GPUs)",
+    )
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join: auto, ray://HOST:10001 or HOST:6379; unset = start a local one",
+    )
+    gpus_per_task: float | None = Field(
+        None, ge=0, le=1, description="GPUs Ray reserves per shard task; default 1 if the cluster has GPUs"
+    )
+    cpus_per_task: float = Field(
+        1.0, gt=0, description="CPUs Ray reserves per shard task (also its torch threads on the CPU)"
+    )
+    retries: int = Field(
+        2,
+        ge=0,
+        description="Prefect retries of a failed shard task (not for winnow's own errors); on Ray, "
+        "also how often a shard whose worker process died is run again",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _ray_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"auto|ray://[^\s/]+|[^\s/:]+:\d+", value):
+            raise ValueError("expected auto, ray://HOST:PORT or HOST:PORT (a Ray cluster's address)")
+        return value
+
+    @model_validator(mode="after")
+    def _ray_keys(self) -> RunnerConfig:
+        ray_only = {"address", "gpus_per_task", "cpus_per_task"} & self.model_fields_set
+        if self.kind == "threads" and ray_only:
+            raise ValueError(f"{', '.join(sorted(ray_only))} applies to kind: ray only")
+        if self.address is not None and self.workers is not None:
+            raise ValueError("workers sizes a local Ray cluster; a cluster at address has the workers it has")
+        return self
 
 
 class Config(_Section):

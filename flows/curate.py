@@ -8,10 +8,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from catalog.cleanup import remove_stale_temps
@@ -20,7 +22,13 @@ from catalog.summary import read_run, score_table
 from flows import progress
 from flows.config import Config
 from flows.prompt_source import choose_prompts
+from flows.ray_runner import check_parts_visible, prepare_worker, ray_task_runner
 from flows.shard import ShardPlan, ShardResult, default_run_id, plan_shards, process_shard
+from models.errors import WinnowError
+
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.client.schemas.objects import State, TaskRun
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class RunSummary:
     shards: int
     seconds: float
     scores: list[dict]  # score_table rows
+    workers: list[str]  # the processes that ran shards, host:pid
     note: str | None = None  # about the prompts, e.g. a pool with fewer new prompts than asked
 
     @property
@@ -42,8 +51,19 @@ class RunSummary:
         return self.generated / self.seconds if self.seconds > 0 else 0.0
 
 
-@task(name="process-shard", cache_policy=NO_CACHE, task_run_name="shard-{plan.shard_id}")
+def _retryable(task: Task, task_run: TaskRun, state: State) -> bool:
+    """winnow's own errors (a missing model, bad input) fail the same way every time."""
+    return not isinstance(state.result(raise_on_failure=False), WinnowError)
+
+
+@task(
+    name="process-shard",
+    cache_policy=NO_CACHE,
+    task_run_name="shard-{plan.shard_id}",
+    retry_condition_fn=_retryable,
+)
 def process_shard_task(config: Config, plan: ShardPlan) -> ShardResult:
+    prepare_worker()  # on a Ray worker: the driver's directory, the GPU Ray assigned
     return process_shard(config, plan, on_progress=progress.report)
 
 
@@ -60,8 +80,17 @@ def curate(config: Config) -> RunSummary:
     root = Path(config.run.out)
     remove_stale_temps(root / "runs" / run_id, root / "images" / run_id)  # left by a killed run
     progress.report(0, len(prompts) * config.rounds.min)
-    futures = process_shard_task.map(unmapped(config), plans)
+    shard_task = process_shard_task.with_options(retries=config.runner.retries)
+    futures = shard_task.map(unmapped(config), plans)
+    if config.runner.kind == "ray":  # the tasks reported progress in their own processes
+        planned = {
+            f.task_run_id: len(p.prompts) * config.rounds.min for f, p in zip(futures, plans, strict=True)
+        }
+        for future in as_completed(futures):
+            made = future.result().candidates
+            progress.report(made, made - planned[future.task_run_id])
     results = [f.result() for f in futures]
+    check_parts_visible([r.part for r in results])  # workers on other nodes share the catalog
     rows = read_run(config.run.out, run_id)
     scores = score_table(rows)
     summary = RunSummary(
@@ -75,6 +104,7 @@ def curate(config: Config) -> RunSummary:
         shards=len(results),
         seconds=time.perf_counter() - began,
         scores=scores.round(4).to_dict("records"),
+        workers=sorted({r.worker for r in results}),
         note=chosen.note,
     )
     create_table_artifact(
@@ -96,5 +126,8 @@ def curate(config: Config) -> RunSummary:
 
 def run_curate(config: Config) -> RunSummary:
     """Run ``curate`` with the task runner the config asks for."""
-    runner = ThreadPoolTaskRunner(max_workers=config.runner.workers)
-    return curate.with_options(task_runner=runner)(config)
+    if config.runner.kind == "ray":
+        with ray_task_runner(config.runner) as runner:
+            return curate.with_options(task_runner=runner)(config)
+    threads = ThreadPoolTaskRunner(max_workers=config.runner.workers or 1)
+    return curate.with_options(task_runner=threads)(config)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import os
+import socket
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -58,7 +60,8 @@ class ShardPlan:
 @dataclass(frozen=True)
 class ShardResult:
     """``oom_retries``: pipeline calls that ran out of device memory and were retried at half
-    the batch size (the catalog's ``batch_size`` column shows the size each call ran at)."""
+    the batch size (the catalog's ``batch_size`` column shows the size each call ran at).
+    ``worker``: the process that ran the shard, ``host:pid`` (many on a Ray cluster)."""
 
     shard_id: str
     part: str
@@ -66,6 +69,7 @@ class ShardResult:
     kept: int
     skipped: bool
     oom_retries: int = 0
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
 def default_run_id(config: Config, prompts: list[Prompt]) -> str:

@@ -72,9 +72,14 @@ def candidate_seed(run_seed: int, prompt_id: str, index: int) -> int:
 
 
 def pick_device(params: GeneratorParams) -> tuple[torch.device, torch.dtype]:
-    """Resolve ``device``/``dtype`` = auto: CUDA with bf16 (fp16 on older GPUs), else CPU fp32."""
+    """Resolve ``device``/``dtype`` = auto: CUDA with bf16 (fp16 on older GPUs), else CPU fp32.
+    A CUDA device without a number is the current one (``torch.cuda.set_device``)."""
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if params.device == "auto" else params.device)
+    if device.type == "cuda" and device.index is None:
+        # The current device, by number: models are cached per device, and a process that is
+        # moved to another GPU (a Ray worker, see flows/ray_runner.py) must not reuse them.
+        device = torch.device("cuda", torch.cuda.current_device())
     if params.dtype != "auto":
         return device, getattr(torch, params.dtype)
     if device.type == "cuda":
