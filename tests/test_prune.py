@@ -38,11 +38,16 @@ def images(params: GeneratorParams, prune: Prune | None = None) -> tuple[list, d
 
 @pytest.mark.parametrize(
     "scheduler",
-    [None, "DDIMScheduler", "EulerAncestralDiscreteScheduler", "UniPCMultistepScheduler"],
+    [
+        "DPMSolverMultistepScheduler",
+        "DDIMScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "UniPCMultistepScheduler",
+    ],
 )
 def test_survivors_finish_as_if_unpruned(tiny_sd, scheduler):
-    # The tiny pipeline's own scheduler is DPM-Solver++ (x0 from its history); DDIM and Euler
-    # ancestral report pred_original_sample, and the ancestral one draws noise per candidate.
+    # DPM-Solver++ and UniPC keep x0 in their history; DDIM and Euler ancestral report
+    # pred_original_sample, and the ancestral one draws noise per candidate.
     params = GeneratorParams(model=str(tiny_sd), steps=4, batch_size=4, guidance=3.0, scheduler=scheduler)
     _, full = images(params)
     judge = Judge()
