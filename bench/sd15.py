@@ -46,9 +46,10 @@ TINY_TEXT = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
 def build_sd15(out_dir: str | Path, tiny: bool = False, device: str = "cpu") -> Path:
     """Save a random ``StableDiffusionPipeline`` with SD 1.5's architecture (512² images) to
     ``out_dir`` in fp16 (init on ``device``: a CUDA device initialises 1 B parameters in seconds)."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from models.assemble import sd_pipeline
     from models.tokenizer import build_clip_tokenizer
 
     out = Path(out_dir)
@@ -68,16 +69,7 @@ def build_sd15(out_dir: str | Path, tiny: bool = False, device: str = "cpu") -> 
     scheduler = PNDMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
     )
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = sd_pipeline(unet, vae, text_encoder, tokenizer, scheduler)
     pipe.to(torch.float16).save_pretrained(out)
     return out
 

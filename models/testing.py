@@ -9,9 +9,10 @@ import torch
 
 def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
     """Save a random-weight ``StableDiffusionPipeline`` producing 16×16 images to ``out_dir``."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from models.assemble import sd_pipeline
     from models.tokenizer import build_clip_tokenizer
 
     out = Path(out_dir)
@@ -48,15 +49,6 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1
     )
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = sd_pipeline(unet, vae, text_encoder, tokenizer, scheduler)
     pipe.save_pretrained(out)
     return out

@@ -22,6 +22,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from models.assemble import sd_pipeline
 from models.shapes.data import (
     FULL_CAPTIONS,
     SHORT_CAPTIONS,
@@ -105,16 +106,7 @@ def make_pipeline(
     tokenizer: CLIPTokenizer,
 ) -> StableDiffusionPipeline:
     """Assemble the standard pipeline (no safety checker, DPM-Solver++ scheduler)."""
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=build_sample_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return sd_pipeline(unet, vae, text_encoder, tokenizer, build_sample_scheduler())
 
 
 def train_diffusion(
