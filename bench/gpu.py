@@ -1,5 +1,6 @@
 """GPU throughput at Stable Diffusion 1.5 size: notebook vs winnow vs bound, a batch-size sweep,
-and model FLOP utilisation (MFU) against the chip's dense bf16 peak.
+model FLOP utilisation (MFU) against the chip's dense bf16 peak, the speed settings
+(channels_last, torch.compile) and early pruning's saving.
 
 Random weights with SD 1.5's architecture (512², 25 PNDM steps, guidance 7.5, bf16) and a
 random ViT-L-14 + LAION-layout head for scoring; see ``bench.sd15``. ``bench/gpu.sh`` runs it
@@ -66,6 +67,43 @@ def flops_per_image(config: Config) -> dict[str, float]:
     return counts
 
 
+# GPU speed settings measured against the plain winnow run at the best batch size.
+SETTINGS = {
+    "channels_last": {"channels_last": True},
+    "channels_last+compile": {"channels_last": True, "compile": True},
+}
+
+
+def speed_settings(base: dict, prompt_file: Path, batch: int, row, plain: dict) -> dict:
+    """winnow at ``batch`` with each of ``SETTINGS``; ``ratio_vs_plain`` > 1 is faster. The
+    first run of each (model load, torch.compile's compilation) is an uncounted warm-up."""
+    out = {}
+    prompts = max(4, 2 * batch // base["run"]["candidates"])
+    for name, extra in SETTINGS.items():
+        measure(LOOPS["winnow"], workload(base, prompt_file, 1, batch, **extra))
+        timing = row(measure(LOOPS["winnow"], workload(base, prompt_file, prompts, batch, **extra)))
+        out[name] = timing | {"ratio_vs_plain": round(timing["images_per_s"] / plain["images_per_s"], 4)}
+        print(name, out[name], flush=True)
+    return out
+
+
+def pruning(base: dict, prompt_file: Path, batch: int, row, prompts: int, at: float) -> dict:
+    """Seconds per candidate with early pruning (``prune: {at, drop: 0.625}``) against the
+    same run unpruned, both with DPM-Solver++ (PNDM keeps no x0 estimate to preview)."""
+    dpm = {"scheduler": "DPMSolverMultistepScheduler"}
+    runs = {"plain": base, "pruned": base | {"prune": {"at": at, "drop": 0.625}}}
+    out = {}
+    for name, data in runs.items():
+        measure(LOOPS["winnow"], workload(data, prompt_file, 1, batch, **dpm))
+        out[name] = row(measure(LOOPS["winnow"], workload(data, prompt_file, prompts, batch, **dpm)))
+        print(name, out[name], flush=True)
+    steps, n = base["generator"]["steps"], base["run"]["candidates"]
+    step, finish = round(at * steps), n - int(0.625 * n)
+    out["speedup_seconds"] = round(out["plain"]["seconds"] / out["pruned"]["seconds"], 4)
+    out["speedup_unet_steps"] = round(steps * n / (step * n + (steps - step) * finish), 4)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu.json"))
@@ -124,6 +162,8 @@ def main() -> None:
         )
         print(b, sweep[b], flush=True)
     best = max(sweep, key=lambda b: sweep[b]["winnow"]["images_per_s"])
+    results["settings"] = speed_settings(base, prompt_file, best, row, sweep[best]["winnow"])
+    results["pruning"] = pruning(base, prompt_file, best, row, *((2, 0.5) if TINY else (10, 0.2)))
     results |= {
         "machine": {
             "device": torch.cuda.get_device_name(torch_device) if device == "cuda" else platform.processor(),
@@ -157,6 +197,10 @@ def main() -> None:
             f"{b:>5} {r['bound']['images_per_s']:>12.2f} {r['winnow']['images_per_s']:>13.2f}"
             f" {r['ratio_winnow_vs_bound']:>6.3f} {mfu:>6.3f}"
         )
+    for name, r in results["settings"].items():
+        print(f"{name}: {r['images_per_s']:.2f} img/s, x{r['ratio_vs_plain']:.3f} vs plain")
+    p = results["pruning"]
+    print(f"pruning: {p['speedup_seconds']:.2f}x fewer seconds, {p['speedup_unet_steps']:.2f}x UNet steps")
     print(f"notebook {results['notebook']['images_per_s']:.2f} img/s; wrote {args.out}")
 
 

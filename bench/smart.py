@@ -41,7 +41,7 @@ from scoring.select import Policy, select
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "smart.json"
-GRID = [(f, p) for f in (0.2, 0.3, 0.5) for p in (0.5, 0.625, 0.75)]
+GRID = [(f, p) for f in (0.1, 0.15, 0.2, 0.3, 0.5) for p in (0.5, 0.625, 0.75)]
 KEEPS = (1, 2)
 ROUNDS = [{"min": 2, "max": 8, "until_kept": 1}, {"min": 2, "max": 8, "until_kept": 2}]
 

@@ -19,6 +19,7 @@ Two optional ways to spend less compute per kept image:
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -134,7 +135,8 @@ class _Shard:
                 row.pruned_at = None if survives else step
             return keep
 
-        return Prune(step, judge)
+        group = max(collections.Counter(r.prompt for r in rows).values())
+        return Prune(step, judge, group, prune.survivors(group))
 
     def record(self, batch: Batch, rows: list[Row]) -> None:
         """Record every row a finished call covered, and score the images it finished."""

@@ -190,8 +190,9 @@ class Batch:
     """One pipeline call's output for ``requests[start:stop]``: ``images`` of the requests
     ``rows`` (all of them, or the survivors of pruning).
 
-    ``size`` is the call's batch size, padding included: ``batch_size``, or less after an
-    out-of-memory retry. ``seconds`` is the call's wall time.
+    ``size`` is the call's batch size, padding included: ``batch_size`` (less after an
+    out-of-memory retry), or with pruning the larger size whose survivors fill it.
+    ``seconds`` is the call's wall time.
     """
 
     index: int
@@ -239,7 +240,8 @@ class Generator:
         The last batch is padded by repeating its last request, so every pipeline call has
         the same shape; the padding's outputs are dropped. A call that runs out of device
         memory is retried at half the size (see the module docstring); at size 1 the error
-        is final. With ``prune``, each call finishes only the candidates its judge keeps.
+        is final. With ``prune``, each call finishes only the candidates its judge keeps, and
+        starts with ``prune.call_size(batch_size)`` candidates so that the survivors fill a batch.
         """
         if not requests:
             return
@@ -247,7 +249,7 @@ class Generator:
         self._warm_up(pipe, requests[0])
         index = start = 0
         while start < len(requests):
-            size = self.batch_size
+            size = self.batch_size if prune is None else prune.call_size(self.batch_size)
             chunk = list(requests[start : start + size])
             real = len(chunk)
             chunk += [chunk[-1]] * (size - real)
@@ -255,7 +257,7 @@ class Generator:
             try:
                 images, alive = self._call(pipe, chunk, start, real, prune)
             except torch.OutOfMemoryError:
-                self._shrink(size)
+                self._shrink()
                 continue
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -265,15 +267,15 @@ class Generator:
             index += 1
             start += real
 
-    def _shrink(self, size: int) -> None:
-        if size == 1:
+    def _shrink(self) -> None:
+        if self.batch_size == 1:
             raise WinnowError(
-                "out of memory generating a single image; use a smaller width/height, "
+                "out of memory at batch size 1; use a smaller width/height, "
                 "generator.vae_slicing: true, or a GPU with more memory"
             ) from None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # hand the failed call's blocks back before the retry
-        self.batch_size = size // 2
+        size, self.batch_size = self.batch_size, self.batch_size // 2
         self.oom_retries += 1
         log.warning("out of memory at batch size %d; retrying at %d", size, self.batch_size)
 

@@ -35,6 +35,13 @@ class Prune:
 
     step: int
     judge: Judge
+    group: int = 1  # candidates per prompt: a call starts with whole groups ...
+    finish: int = 1  # ... of which this many finish
+
+    def call_size(self, batch_size: int) -> int:
+        """Candidates a call starts with so that about ``batch_size`` of them finish: the
+        denoising after the pruning step, most of the work, then runs at full batch size."""
+        return self.group * max(1, round(batch_size / self.finish))
 
 
 class _StepRecorder:

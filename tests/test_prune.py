@@ -84,7 +84,8 @@ def run(config) -> pd.DataFrame:
 
 
 def test_pruned_candidates_are_recorded_and_survivors_selected(make_config, tmp_path):
-    # 4 candidates per prompt, batches of 4 (= one prompt per call): drop 0.5 stops 2 of each.
+    # 4 candidates per prompt, batches of 4: drop 0.5 stops 2 of each, so a call starts with
+    # 2 prompts (8 candidates) to finish 4; the shard's 3 prompts make a full and a padded call.
     sections = {
         "generator": {"steps": 4, "batch_size": 4},
         "run": {"candidates": 4, "shard_size": 3, "save_rejected": True},
@@ -97,6 +98,7 @@ def test_pruned_candidates_are_recorded_and_survivors_selected(make_config, tmp_
 
     assert (pruned["candidate_id"] == plain["candidate_id"]).all()
     assert (pruned["seed"] == plain["seed"]).all()
+    assert set(plain["batch_size"]) == {4} and set(pruned["batch_size"]) == {8}
     stopped = pruned["reject_reason"] == "pruned_at_step:2"
     assert stopped.groupby(pruned["prompt_id"]).sum().tolist() == [2, 2, 2]
     assert pruned.loc[stopped, "image_path"].isna().all() and not pruned.loc[stopped, "kept"].any()
