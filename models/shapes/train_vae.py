@@ -21,7 +21,7 @@ class VaeConfig:
     batch: int = 32
     lr: float = 1e-3
     kl_weight: float = 1e-6
-    edge_weight: float = 1.0  # weight of the per-image edge term (see recon_loss)
+    edge_weight: float = 4.0  # extra L1 weight on pixels next to an edge (keeps corners)
 
 
 def build_vae() -> AutoencoderKL:
@@ -51,18 +51,6 @@ def _edge_map(x: torch.Tensor) -> torch.Tensor:
     return (g > 0).float()
 
 
-def recon_loss(rec: torch.Tensor, x: torch.Tensor, edge_weight: float) -> torch.Tensor:
-    """L1 + MSE, plus ``edge_weight`` x each image's mean L1 over its edge pixels.
-
-    The edge term is normalised per image, so a small shape's few edge pixels count as much
-    as a large one's many: small triangles' corners are what the round trip used to lose.
-    """
-    err = (rec - x).abs()
-    edge = _edge_map(x)
-    per_image = (err * edge).sum((1, 2, 3)) / (err.shape[1] * edge.sum((1, 2, 3)) + 1)
-    return err.mean() + edge_weight * per_image.mean() + F.mse_loss(rec, x)
-
-
 def train_vae(images: np.ndarray, cfg: VaeConfig, device: torch.device, log: Log, seed: int) -> AutoencoderKL:
     """Train on ``images`` (uint8 ``(N, 32, 32, 3)``); sets ``scaling_factor`` = 1/latent std."""
     gen = torch.Generator().manual_seed(seed)
@@ -78,13 +66,15 @@ def train_vae(images: np.ndarray, cfg: VaeConfig, device: torch.device, log: Log
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)
         rec = vae.decode(z).sample
-        loss = recon_loss(rec, x, cfg.edge_weight) + cfg.kl_weight * post.kl().mean()
+        weight = 1.0 + cfg.edge_weight * _edge_map(x)
+        l1 = ((rec - x).abs() * weight).mean()
+        loss = l1 + F.mse_loss(rec, x) + cfg.kl_weight * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         if step % 100 == 0 or step == cfg.steps - 1:
-            log(f"vae step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s")
+            log(f"vae step {step} loss {loss.item():.4f} l1 {l1.item():.4f} {time.time() - t0:.0f}s")
     vae.eval()
     with torch.no_grad():
         z = torch.cat(
@@ -128,10 +118,10 @@ class DecoderConfig:
     """Decoder-only fine-tuning budget (the encoder, hence the latent space, stays fixed)."""
 
     steps: int = 500  # per cycle
-    cycles: int = 2  # cosine cycles with warm restarts (fresh optimiser, next seed)
+    cycles: int = 3  # cosine cycles with warm restarts (fresh optimiser, next seed)
     batch: int = 32
     lr: float = 5e-4
-    edge_weight: float = 1.0  # as in VaeConfig
+    edge_weight: float = 8.0
 
 
 def finetune_decoder(
@@ -161,13 +151,19 @@ def finetune_decoder(
             idx = torch.randint(0, len(data), (cfg.batch,), generator=gen)
             x = data[idx].to(device)
             z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)).to(device)
-            loss = recon_loss(vae.decode(z).sample, x, cfg.edge_weight)
+            rec = vae.decode(z).sample
+            weight = 1.0 + cfg.edge_weight * _edge_map(x)
+            l1 = ((rec - x).abs() * weight).mean()
+            loss = l1 + F.mse_loss(rec, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             if step % 100 == 0 or step == cfg.steps - 1:
-                log(f"decoder cycle {cycle} step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s")
+                log(
+                    f"decoder cycle {cycle} step {step} loss {loss.item():.4f} l1 {l1.item():.4f} "
+                    f"{time.time() - t0:.0f}s"
+                )
     for p in vae.parameters():
         p.requires_grad_(True)
     return vae.eval()
