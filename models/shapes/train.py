@@ -1,6 +1,6 @@
 """Train every bundled shapes model, in order, and write ``models/shapes/weights``.
 
-    python -m models.shapes.train            # full run (seeded, CPU, ~48 min on 2 free cores)
+    python -m models.shapes.train            # full run (seeded, CPU, ~53 min on 2 free cores)
     python -m models.shapes.train --scale 0.005 --stop export \
         --work /tmp/shapes-smoke --out /tmp/shapes-smoke/out        # smoke test (~3 min)
 
