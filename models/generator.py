@@ -50,7 +50,9 @@ class GeneratorParams(BaseModel):
     scheduler: str | None = Field(None, description="a diffusers scheduler class name; None = model's")
     dtype: DType = Field("auto", description="auto = bfloat16/float16 on CUDA, float32 on CPU")
     device: str = Field("auto", description="auto = cuda when available, else cpu")
-    batch_size: int = Field(8, ge=1, description="candidates per pipeline call (last batch padded)")
+    batch_size: int = Field(
+        8, ge=1, description="candidates per pipeline call (last one padded); with prune, survivors per call"
+    )
     channels_last: bool = Field(False, description="UNet and VAE in channels-last memory format (GPU)")
     compile: bool = Field(False, description="torch.compile the UNet; one uncounted warm-up call per process")
     vae_slicing: bool = Field(False, description="decode latents one image at a time (less peak memory)")
