@@ -250,7 +250,9 @@ def test_kill_resume_and_concurrent_runs(fork_server, make_config, tmp_path):
         log.read_text()[-3000:] for _, log in jobs
     ]
     skipped = [int(re.search(r"(\d+) already done, skipped", log.read_text())[1]) for _, log in jobs[:2]]
-    assert all(s == finished for s in skipped)  # both resumed from the same point
+    # Both resumed past the finished parts; one may also skip a later shard the other finished
+    # first (shards are checked as they come up), so the counts need not be equal.
+    assert all(s >= finished for s in skipped)
     assert len(list(barrier.iterdir())) == 2  # and both wrote the first unfinished shard
     summary["skipped by the concurrent resumers"] = skipped
 
