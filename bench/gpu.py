@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.loops import LOOPS, Timing, measure, workload
 from bench.sd15 import build_clip_and_head, build_sd15
-from flows.config import Config
+from flows.config import Config, PruneConfig
 from models.generator import load_pipeline
 
 TINY = os.environ.get("WINNOW_BENCH_TINY") == "1"
@@ -91,14 +91,15 @@ def pruning(base: dict, prompt_file: Path, batch: int, row, prompts: int, at: fl
     """Seconds per candidate with early pruning (``prune: {at, drop: 0.625}``) against the
     same run unpruned, both with DPM-Solver++ (PNDM keeps no x0 estimate to preview)."""
     dpm = {"scheduler": "DPMSolverMultistepScheduler"}
-    runs = {"plain": base, "pruned": base | {"prune": {"at": at, "drop": 0.625}}}
+    prune = PruneConfig(at=at, drop=0.625)
+    runs = {"plain": base, "pruned": base | {"prune": prune.model_dump()}}
     out = {}
     for name, data in runs.items():
         measure(LOOPS["winnow"], workload(data, prompt_file, 1, batch, **dpm))
         out[name] = row(measure(LOOPS["winnow"], workload(data, prompt_file, prompts, batch, **dpm)))
         print(name, out[name], flush=True)
     steps, n = base["generator"]["steps"], base["run"]["candidates"]
-    step, finish = round(at * steps), n - int(0.625 * n)
+    step, finish = prune.step(steps), prune.survivors(n)
     out["speedup_seconds"] = round(out["plain"]["seconds"] / out["pruned"]["seconds"], 4)
     out["speedup_unet_steps"] = round(steps * n / (step * n + (steps - step) * finish), 4)
     return out

@@ -32,7 +32,7 @@ import yaml
 from PIL import Image
 
 from bench.cpu import cpu_name
-from flows.config import Config
+from flows.config import Config, PruneConfig
 from flows.prompts import read_prompts
 from flows.shard import plan_shards, process_shard
 from models.shapes import oracle
@@ -125,7 +125,9 @@ def measure(prompts: int, tmp: Path, grid: list[tuple[float, float]] = GRID) -> 
 
     curve = []
     for f, p, rows, cost in points:
-        point: dict[str, Any] = {"at": f, "drop": p, "step": round(f * steps), "survivors": 8 - int(p * 8)}
+        prune = PruneConfig(at=f, drop=p)
+        point: dict[str, Any] = {"at": f, "drop": p, "step": prune.step(steps)}
+        point["survivors"] = prune.survivors(8)
         for k in KEEPS:
             s = summary(keep(rows, policies[k]), cost, len(rows))
             point[f"keep_{k}"] = s | versus(s, plain[k])
