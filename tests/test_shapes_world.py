@@ -22,6 +22,7 @@ from models.shapes.world import (
     render,
     render_batch,
     sample_layout,
+    shape_mask,
 )
 
 
@@ -38,6 +39,21 @@ def test_oracle_unreadable_on_blank_and_noise() -> None:
     noise = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     assert oracle.read(blank) == oracle.UNREADABLE
     assert oracle.read(noise) == oracle.UNREADABLE
+
+
+def test_oracle_ignores_faint_background_texture(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A small triangle with interior background texture up to 8% of the way to the shape
+    # colour (what decoders leave): without the noise floor the texture adds ~half the
+    # triangle's area to the coverage map and the template fit fails.
+    alpha = shape_mask("triangle", 16.0, 16.0, 0.3 * SIZE)
+    texture = np.zeros((SIZE, SIZE))
+    texture[1:-1, 1:-1] = np.random.default_rng(0).uniform(0.0, 0.08, (SIZE - 2, SIZE - 2))
+    a = np.maximum(alpha, texture)[..., None]
+    fg, bg = np.asarray(COLOURS["green"], float), np.asarray(BACKGROUNDS["black"], float)
+    img = np.rint(a * fg + (1 - a) * bg).astype(np.uint8)
+    assert oracle.read(img) == ("green", "triangle", "black")
+    monkeypatch.setattr(oracle, "NOISE_FLOOR", 0.0)
+    assert oracle.read(img) == oracle.UNREADABLE
 
 
 def test_adherence() -> None:

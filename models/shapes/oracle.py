@@ -31,6 +31,10 @@ MAX_COLOUR_DIST = 75.0  # RGB distance to the nearest shape colour
 MIN_CONTRAST = 30.0  # a shape must differ from the background by at least this much
 MAX_TEMPLATE_ERROR = 0.45  # L1(alpha - template) / area of the best template
 MIN_AREA_FRAC, MAX_AREA_FRAC = 0.02, 0.6  # shape area as a fraction of the image area
+# Coverage under this is background texture, not shape. Without it, the faint texture a VAE
+# decoder leaves over the whole background (coverage up to ~0.14 per pixel) adds up to a third
+# of a small triangle's area, and the template fit fails on a plainly readable triangle.
+NOISE_FLOOR = 0.1
 
 
 def _as_array(image: np.ndarray | Image.Image) -> np.ndarray:
@@ -64,7 +68,7 @@ def coverage(image: np.ndarray | Image.Image) -> tuple[np.ndarray, np.ndarray, n
     fg = np.median(img[dist >= 0.75 * ref], axis=0)
     axis = fg - bg
     alpha = np.clip(((img - bg) @ axis) / float(axis @ axis), 0.0, 1.0)
-    return alpha, fg, bg
+    return np.where(alpha >= NOISE_FLOOR, alpha, 0.0), fg, bg
 
 
 def _best_shape(alpha: np.ndarray) -> tuple[str, float]:

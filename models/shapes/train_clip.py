@@ -58,7 +58,7 @@ CLIP_CONFIG: dict[str, Any] = {
 class ClipConfig:
     """Training budget and batch mix (fractions of ``batch``; the rest are clean renders)."""
 
-    steps: int = 900
+    steps: int = 1100
     batch: int = 128
     lr: float = 1e-3
     frac_recon: float = 0.15
