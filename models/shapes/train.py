@@ -1,13 +1,13 @@
 """Train every bundled shapes model, in order, and write ``models/shapes/weights``.
 
-    python -m models.shapes.train            # full run (seeded, CPU, ~44 min on 2 free cores)
+    python -m models.shapes.train            # full run (seeded, CPU, ~38 min on 2 free cores)
     python -m models.shapes.train --scale 0.005 --stop export \
         --work /tmp/shapes-smoke --out /tmp/shapes-smoke/out        # smoke test (~3 min)
 
 Stages (each checkpointed under ``--work`` so a later stage can be re-run with ``--start``):
-vae -> diffusion -> samples (oracle-labelled generations for the CLIP) -> clip -> aesthetic
--> export (fp16 safetensors) -> evaluate (from the exported files, loaded through winnow's
-own loaders). Wall time and seconds per step of each stage go to
+vae -> diffusion -> decoder (fine-tune) -> samples (oracle-labelled generations for the CLIP)
+-> clip -> aesthetic -> export (fp16 safetensors) -> evaluate (from the exported files, loaded
+through winnow's own loaders). Wall time and seconds per step of each stage go to
 ``<work>/timings.json``, the evaluate stage's metrics to ``<work>/metrics.json``.
 """
 
@@ -38,13 +38,13 @@ from models.shapes.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
 from models.shapes.train_aesthetic import AestheticConfig, save_aesthetic, train_aesthetic
 from models.shapes.train_clip import ClipConfig, save_clip, train_clip
 from models.shapes.train_diffusion import DiffusionConfig, make_pipeline, train_diffusion
-from models.shapes.train_vae import VaeConfig, reconstruct, train_vae
+from models.shapes.train_vae import DecoderConfig, VaeConfig, finetune_decoder, reconstruct, train_vae
 from models.sources import BUNDLED_ROOT
 from models.tokenizer import build_clip_tokenizer
 from scoring.aesthetic import AestheticHead
 from scoring.clip import ClipSpec, clear_cache
 
-STAGES = ("vae", "diffusion", "samples", "clip", "aesthetic", "export", "evaluate")
+STAGES = ("vae", "diffusion", "decoder", "samples", "clip", "aesthetic", "export", "evaluate")
 SEED = 1234
 N_RENDERS = 20_000
 N_RECON = 4096
@@ -127,6 +127,16 @@ def main(argv: list[str] | None = None) -> None:
         unet, text_encoder = train_diffusion(vae, tokenizer, images, ids, dcfg, device, log, SEED + 2)
         make_pipeline(vae, unet, text_encoder, tokenizer).save_pretrained(work / "pipe")
         timings.record("diffusion", t0, dcfg.steps)
+
+    if "decoder" in run:
+        t0 = time.time()
+        seed_everything(SEED + 6)
+        fcfg = replace(DecoderConfig(), steps=steps(DecoderConfig().steps))
+        vae = finetune_decoder(vae, images, fcfg, device, log, SEED + 6)
+        vae.save_pretrained(work / "vae_ft")
+        timings.record("decoder", t0, fcfg.steps * fcfg.cycles)
+    if (work / "vae_ft").exists():
+        vae = AutoencoderKL.from_pretrained(work / "vae_ft").to(device).eval()
 
     if "samples" in run:
         t0 = time.time()
