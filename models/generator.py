@@ -193,7 +193,8 @@ class Batch:
     ``rows`` (all of them, or the survivors of pruning).
 
     ``size`` is the call's batch size, padding included: ``batch_size`` (less after an
-    out-of-memory retry), or with pruning the larger size whose survivors fill it.
+    out-of-memory retry), or with pruning the larger size whose survivors fill it (the last
+    pruned call: its requests, unpadded).
     ``seconds`` is the call's wall time.
     """
 
@@ -243,7 +244,9 @@ class Generator:
         the same shape; the padding's outputs are dropped. A call that runs out of device
         memory is retried at half the size (see the module docstring); at size 1 the error
         is final. With ``prune``, each call finishes only the candidates its judge keeps, and
-        starts with ``prune.call_size(batch_size)`` candidates so that the survivors fill a batch.
+        starts with ``prune.call_size(batch_size)`` candidates so that the survivors fill a
+        batch; its last call is not padded (pruning changes the shape mid-call anyway, and
+        padding would only add candidate-steps to the first phase).
         """
         if not requests:
             return
@@ -251,7 +254,9 @@ class Generator:
         self._warm_up(pipe, requests[0])
         index = start = 0
         while start < len(requests):
-            size = self.batch_size if prune is None else prune.call_size(self.batch_size)
+            size = self.batch_size
+            if prune is not None:
+                size = min(prune.call_size(size), len(requests) - start)
             chunk = list(requests[start : start + size])
             real = len(chunk)
             chunk += [chunk[-1]] * (size - real)
@@ -259,7 +264,7 @@ class Generator:
             try:
                 images, alive = self._call(pipe, chunk, start, real, prune)
             except torch.OutOfMemoryError:
-                self._shrink()
+                self._shrink(size)
                 continue
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -269,17 +274,19 @@ class Generator:
             index += 1
             start += real
 
-    def _shrink(self) -> None:
+    def _shrink(self, failed: int) -> None:
+        """Halve the base batch size after a call of ``failed`` candidates ran out of memory
+        (with prune a call holds more than the base size: its first phase)."""
         if self.batch_size == 1:
             raise WinnowError(
-                "out of memory at batch size 1; use a smaller width/height, "
+                f"out of memory at batch size 1 (call size {failed}); use a smaller width/height, "
                 "generator.vae_slicing: true, or a GPU with more memory"
             ) from None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # hand the failed call's blocks back before the retry
-        size, self.batch_size = self.batch_size, self.batch_size // 2
+        before, self.batch_size = self.batch_size, self.batch_size // 2
         self.oom_retries += 1
-        log.warning("out of memory at batch size %d; retrying at %d", size, self.batch_size)
+        log.warning("out of memory at call size %d; batch size %d -> %d", failed, before, self.batch_size)
 
     def _warm_up(self, pipe, request: Request) -> None:
         """Trigger ``torch.compile``'s compilation outside the timed calls. The compiled graph

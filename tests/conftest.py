@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -61,13 +62,15 @@ def prefect_harness():
         yield
 
 
-@pytest.fixture
-def make_config(tmp_path: Path, tiny_sd: Path, tiny_clip, tiny_head: Path):
-    """Write a run config for the tiny models and a prompt file; return its path."""
+@pytest.fixture(scope="session")
+def write_config(tiny_sd: Path, tiny_clip, tiny_head: Path):
+    """``write(folder, prompts=None, **sections)``: a run config for the tiny models and its
+    prompt file, written in ``folder``; returns the config's path. ``sections`` update the
+    defaults key by key."""
     import yaml
 
-    def make(prompts: list[str] | None = None, **sections) -> Path:
-        prompt_file = tmp_path / "prompts.txt"
+    def write(folder: Path, prompts: list[str] | None = None, **sections) -> Path:
+        prompt_file = folder / "prompts.txt"
         prompt_file.write_text("\n".join(prompts or ["a red circle", "a blue square", "a cat"]) + "\n")
         clip = {"model": str(tiny_clip.model), "pretrained": str(tiny_clip.pretrained)}
         data = {
@@ -75,12 +78,18 @@ def make_config(tmp_path: Path, tiny_sd: Path, tiny_clip, tiny_head: Path):
             "generator": {"model": str(tiny_sd), "steps": 2, "batch_size": 4, "guidance": 3.0},
             "scorers": {"clip_score": {"clip": clip}, "aesthetic": {"clip": clip, "head": str(tiny_head)}},
             "select": {"keep": 2},
-            "run": {"out": str(tmp_path / "catalog"), "candidates": 3, "shard_size": 2},
+            "run": {"out": str(folder / "catalog"), "candidates": 3, "shard_size": 2},
         }
         for section, values in sections.items():
             data.setdefault(section, {}).update(values)
-        path = tmp_path / "config.yaml"
+        path = folder / "config.yaml"
         path.write_text(yaml.safe_dump(data))
         return path
 
-    return make
+    return write
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, write_config):
+    """``write_config`` into the test's ``tmp_path``."""
+    return functools.partial(write_config, tmp_path)

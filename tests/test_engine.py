@@ -78,7 +78,7 @@ def test_out_of_memory_at_batch_size_one_is_an_error(tiny_sd, monkeypatch):
     always = FlakyPipeline(load_pipeline(params), limit=0, times=100)
     monkeypatch.setattr(generator_module, "load_pipeline", lambda params: always)
     gen = Generator(params)
-    with pytest.raises(WinnowError, match="out of memory at batch size 1"):
+    with pytest.raises(WinnowError, match=r"out of memory at batch size 1 \(call size 1\)"):
         list(gen.generate([Request("a", "", 1)]))
     assert gen.oom_retries == 1  # 2 -> 1, then no smaller size to try
 

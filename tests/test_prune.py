@@ -54,8 +54,8 @@ def test_survivors_finish_as_if_unpruned(tiny_sd, scheduler):
     batches, pruned = images(params, Prune(step=2, judge=judge))
 
     assert [b.rows for b in batches] == [(0, 2), (4,)]
-    assert [(b.start, b.stop, b.size) for b in batches] == [(0, 4, 4), (4, 5, 4)]
-    # The judge sees the real candidates only (the second call pads 1 to 4) as images in [0, 1].
+    assert [(b.start, b.stop, b.size) for b in batches] == [(0, 4, 4), (4, 5, 1)]  # not padded
+    # The judge sees each call's candidates as images in [0, 1].
     assert [(rows, shape) for rows, shape, _, _ in judge.seen] == [
         ([0, 1, 2, 3], (4, 3, 16, 16)),
         ([4], (1, 3, 16, 16)),
@@ -85,7 +85,7 @@ def run(config) -> pd.DataFrame:
 
 def test_pruned_candidates_are_recorded_and_survivors_selected(make_config, tmp_path):
     # 4 candidates per prompt, batches of 4: drop 0.5 stops 2 of each, so a call starts with
-    # 2 prompts (8 candidates) to finish 4; the shard's 3 prompts make a full and a padded call.
+    # 2 prompts (8 candidates) to finish 4; the shard's 3 prompts make a call of 8 and one of 4.
     sections = {
         "generator": {"steps": 4, "batch_size": 4},
         "run": {"candidates": 4, "shard_size": 3, "save_rejected": True},
@@ -98,7 +98,7 @@ def test_pruned_candidates_are_recorded_and_survivors_selected(make_config, tmp_
 
     assert (pruned["candidate_id"] == plain["candidate_id"]).all()
     assert (pruned["seed"] == plain["seed"]).all()
-    assert set(plain["batch_size"]) == {4} and set(pruned["batch_size"]) == {8}
+    assert set(plain["batch_size"]) == {4} and set(pruned["batch_size"]) == {8, 4}
     stopped = pruned["reject_reason"] == "pruned_at_step:2"
     assert stopped.groupby(pruned["prompt_id"]).sum().tolist() == [2, 2, 2]
     assert pruned.loc[stopped, "image_path"].isna().all() and not pruned.loc[stopped, "kept"].any()

@@ -50,23 +50,11 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def flow_run(tmp_path_factory, prefect_harness, tiny_sd, tiny_clip, tiny_head):
+def flow_run(tmp_path_factory, prefect_harness, write_config):
     """A flow run (3 prompts x 3 candidates, 2 kept, rejected images not saved)."""
-    import yaml
-
     folder = tmp_path_factory.mktemp("report")
-    (folder / "prompts.txt").write_text("a red circle\na blue square <b>bold</b>\na cat\n")
-    clip = {"model": str(tiny_clip.model), "pretrained": str(tiny_clip.pretrained)}
-    data = {
-        "prompts": {"path": str(folder / "prompts.txt")},
-        "generator": {"model": str(tiny_sd), "steps": 2, "batch_size": 4, "guidance": 3.0},
-        "scorers": {"clip_score": {"clip": clip}, "aesthetic": {"clip": clip, "head": str(tiny_head)}},
-        "select": {"keep": 2},
-        "run": {"out": str(folder / "catalog"), "candidates": 3, "shard_size": 2},
-    }
-    (folder / "config.yaml").write_text(yaml.safe_dump(data))
-    summary = run_curate(load_config(folder / "config.yaml"))
-    return summary
+    prompts = ["a red circle", "a blue square <b>bold</b>", "a cat"]
+    return run_curate(load_config(write_config(folder, prompts)))
 
 
 def test_flow_writes_report_and_artifact(flow_run):

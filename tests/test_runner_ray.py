@@ -60,19 +60,16 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tiny_sd, tiny_clip, tiny_head) -> Path:
+def workdir(tmp_path_factory, write_config) -> Path:
     """A folder with the prompts and the run config (3 candidates, 5 pipeline calls per shard)."""
     folder = tmp_path_factory.mktemp("ray-driver")
-    (folder / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
-    clip = {"model": str(tiny_clip.model), "pretrained": str(tiny_clip.pretrained)}
-    config = {
-        "prompts": {"path": str(folder / "prompts.txt")},
-        "generator": {"model": str(tiny_sd), "steps": 2, "batch_size": 2, "guidance": 3.0},
-        "scorers": {"clip_score": {"clip": clip}, "aesthetic": {"clip": clip, "head": str(tiny_head)}},
-        "select": {"keep": 1},
-        "run": {"candidates": 3, "shard_size": 3, "contact_sheet": False},
-    }
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    write_config(
+        folder,
+        PROMPTS,
+        generator={"batch_size": 2},
+        select={"keep": 1},
+        run={"candidates": 3, "shard_size": 3, "contact_sheet": False},
+    )
     return folder
 
 
