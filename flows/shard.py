@@ -24,6 +24,7 @@ from catalog.writer import part_path, write_part
 from flows.config import Config
 from flows.engine import Progress, run_shard
 from flows.prompts import Prompt
+from models.sources import resolve
 
 # Catalog columns taken as they are from the engine's rows.
 ROW_COLUMNS = (
@@ -73,8 +74,11 @@ class ShardResult:
 
 
 def default_run_id(config: Config, prompts: list[Prompt]) -> str:
-    """Hash of the content-determining config and the prompts: the same command, the same run."""
+    """Hash of the content-determining config, the model's weights (their fingerprint) and the
+    prompts: the same command on the same weights, the same run. Retrained or updated weights
+    start a new run instead of resuming into shards the old weights made."""
     digest = hashlib.sha256(config.result_hash().encode())
+    digest.update(resolve(config.generator.model).fingerprint.encode())
     for p in prompts:
         digest.update(f"{p.id}\x1e".encode())
     return digest.hexdigest()[:12]

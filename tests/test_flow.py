@@ -2,6 +2,7 @@
 
 import hashlib
 import math
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -17,7 +18,10 @@ from catalog.writer import encode_png
 from flows.cli import app
 from flows.config import load_config
 from flows.curate import run_curate
+from flows.prompts import read_prompts
 from flows.regenerate import regenerate
+from flows.shard import default_run_id
+from models.sources import resolve
 
 PROMPTS = ["a red circle", "a blue square on a white background", "a cat", "a dog", "a tree"]
 
@@ -91,6 +95,18 @@ def test_rerun_skips_finished_shards(finished_run):
     assert again.run_id == first.run_id
     assert again.skipped_shards == again.shards and again.generated == 0
     assert pd.read_parquet(Path(config.run.out) / "runs").equals(rows)
+
+
+def test_run_id_changes_with_the_model_weights(make_config, tiny_sd, tmp_path):
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_sd, weights)
+    config = load_config(make_config(generator={"model": str(weights)}))
+    prompts = read_prompts(config.prompts.path)
+    before = default_run_id(config, prompts)
+    unet = next((weights / "unet").glob("*.safetensors"))
+    unet.write_bytes(unet.read_bytes()[:-1] + b"\0")  # a retrained model at the same path
+    resolve.cache_clear()
+    assert default_run_id(config, prompts) != before
 
 
 def test_cli_run_shows_progress_and_summary(make_config, prefect_harness, tmp_path):
