@@ -215,12 +215,13 @@ def test_a_killed_worker_s_shard_runs_again_elsewhere(ray_cluster, workdir, refe
 def test_winnow_errors_from_ray_workers_are_one_line_and_not_retried(ray_cluster, workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     config = yaml.safe_load((workdir / "config.yaml").read_text())
-    config["generator"]["model"] = str(workdir / "no-such-model")
+    # A scorer's weights load on the worker (the driver resolves only the generator's model).
+    config["scorers"]["aesthetic"]["head"] = str(workdir / "no-such-head.safetensors")
     Path("bad.yaml").write_text(yaml.safe_dump(config))
     before = api_flow_runs()
     result = CliRunner().invoke(app, ["run", "bad.yaml", "--runner", "ray", "--out", "bad"])
     assert result.exit_code == 2, result.output
-    assert "error: model" in result.output and "no-such-model" in result.output
+    assert "error: aesthetic head" in result.output and "no-such-head" in result.output
     (flow_run,) = api_flow_runs() - before
     assert {run.run_count for run in api_task_runs(flow_run)} == {1}
 
