@@ -21,7 +21,7 @@ class VaeConfig:
     batch: int = 32
     lr: float = 1e-3
     kl_weight: float = 1e-6
-    edge_weight: float = 4.0  # extra L1 weight on pixels next to an edge (keeps corners)
+    edge_weight: float = 4.0  # extra L1 weight on pixels next to an edge (see recon_loss)
 
 
 def build_vae() -> AutoencoderKL:
@@ -51,6 +51,12 @@ def _edge_map(x: torch.Tensor) -> torch.Tensor:
     return (g > 0).float()
 
 
+def recon_loss(rec: torch.Tensor, x: torch.Tensor, edge_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 (x ``1 + edge_weight`` on pixels next to an edge, to keep corners) + MSE; and the L1."""
+    l1 = ((rec - x).abs() * (1.0 + edge_weight * _edge_map(x))).mean()
+    return l1 + F.mse_loss(rec, x), l1
+
+
 def train_vae(images: np.ndarray, cfg: VaeConfig, device: torch.device, log: Log, seed: int) -> AutoencoderKL:
     """Train on ``images`` (uint8 ``(N, 32, 32, 3)``); sets ``scaling_factor`` = 1/latent std."""
     gen = torch.Generator().manual_seed(seed)
@@ -65,10 +71,8 @@ def train_vae(images: np.ndarray, cfg: VaeConfig, device: torch.device, log: Log
         x = data[idx].to(device)
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)
-        rec = vae.decode(z).sample
-        weight = 1.0 + cfg.edge_weight * _edge_map(x)
-        l1 = ((rec - x).abs() * weight).mean()
-        loss = l1 + F.mse_loss(rec, x) + cfg.kl_weight * post.kl().mean()
+        rec_loss, l1 = recon_loss(vae.decode(z).sample, x, cfg.edge_weight)
+        loss = rec_loss + cfg.kl_weight * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -151,10 +155,7 @@ def finetune_decoder(
             idx = torch.randint(0, len(data), (cfg.batch,), generator=gen)
             x = data[idx].to(device)
             z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)).to(device)
-            rec = vae.decode(z).sample
-            weight = 1.0 + cfg.edge_weight * _edge_map(x)
-            l1 = ((rec - x).abs() * weight).mean()
-            loss = l1 + F.mse_loss(rec, x)
+            loss, l1 = recon_loss(vae.decode(z).sample, x, cfg.edge_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
