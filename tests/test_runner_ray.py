@@ -223,7 +223,8 @@ def test_winnow_errors_from_ray_workers_are_one_line_and_not_retried(ray_cluster
     assert result.exit_code == 2, result.output
     assert "error: aesthetic head" in result.output and "no-such-head" in result.output
     (flow_run,) = api_flow_runs() - before
-    assert {run.run_count for run in api_task_runs(flow_run)} == {1}
+    # No shard ran twice (not retried); shards not yet started when the first failed may never run.
+    assert max(run.run_count for run in api_task_runs(flow_run)) == 1
 
 
 def test_runner_options_retries_and_config_errors(make_config):
