@@ -2,8 +2,18 @@
 over the pruning point f and the dropped share p) and adaptive N, each against the plain run
 of ``configs/demo.yaml`` over the same prompts, measured side by side in one process.
 
-    python -m bench.smart                  # 69 prompts x 8 -> bench/results/smart.json
-    python -m bench.smart --prompts 8      # quick look
+    python -m bench.smart                          # 69 prompts x 4 run seeds x 8 -> bench/results/smart.json
+    python -m bench.smart --prompts 8 --seeds 1    # quick look
+
+Every arm runs the prompts once per run seed (``run.seed`` 0, 1, ...): a prompt under one seed
+is one *instance*, with its own 8 candidates. One instance's kept image is 1/instances of the
+adherence, so several seeds make a 1-point difference measurable; each point also reports
+how many kept images turned right and wrong against the plain run's, instance by instance.
+
+Shards hold 32 prompts (``demo.yaml`` has 8): a pruned call starts with whole prompts so that
+its survivors fill a batch (``Prune.call_size``), and a shard of 8 prompts would cap them at
+8 x survivors (24 for 3 survivors, where the plain run's batches hold 32). The plain run's
+batches are the same either way.
 
 Cost is reported three ways: wall seconds and process CPU seconds per kept image (both move
 with whatever else runs on the machine), and UNet candidate-steps per kept image (exact: a
@@ -41,29 +51,37 @@ from scoring.select import Policy, select
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "smart.json"
-GRID = [(f, p) for f in (0.1, 0.15, 0.2, 0.3, 0.5) for p in (0.5, 0.625, 0.75)]
+GRID = [(f, p) for f in (0.1, 0.15, 0.2, 0.3) for p in (0.5, 0.625, 0.75)]
+SEEDS = 4
+SHARD_SIZE = 32
 KEEPS = (1, 2)
 ROUNDS = [{"min": 2, "max": 8, "until_kept": 1}, {"min": 2, "max": 8, "until_kept": 2}]
 
 
-def run(data: dict[str, Any], out: Path) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Run ``data`` (a config mapping) into ``out``; its rows (with the oracle's verdict on
-    every finished image) and its cost."""
-    data = copy.deepcopy(data)
-    data["run"].update(out=str(out), save_rejected=True)
-    config = Config.model_validate(data)
-    prompts = read_prompts(config.prompts.path)
-    wall, cpu = time.perf_counter(), time.process_time()
-    for plan in plan_shards("bench", prompts, config.run.shard_size):
-        process_shard(config, plan)
-    cost = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
-    rows = pd.read_parquet(out / "runs")
-    rows["right"] = [
-        oracle.adherence(np.asarray(Image.open(out / r.image_path).convert("RGB")), r.prompt)
-        if isinstance(r.image_path, str)
-        else np.nan
-        for r in rows.itertuples()
-    ]
+def run(data: dict[str, Any], out: Path, seeds: int) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Run ``data`` (a config mapping) into ``out`` once per run seed; its rows (with the
+    instance they belong to and the oracle's verdict on every finished image) and its cost."""
+    cost, parts = {"wall_s": 0.0, "cpu_s": 0.0}, []
+    for seed in range(seeds):
+        folder = out / f"seed-{seed}"
+        config = copy.deepcopy(data)
+        config["run"].update(out=str(folder), seed=seed, save_rejected=True)
+        config = Config.model_validate(config)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for plan in plan_shards("bench", read_prompts(config.prompts.path), config.run.shard_size):
+            process_shard(config, plan)
+        cost["wall_s"] += time.perf_counter() - wall
+        cost["cpu_s"] += time.process_time() - cpu
+        part = pd.read_parquet(folder / "runs")
+        part["instance"] = f"{seed}:" + part["prompt_id"]
+        part["right"] = [
+            oracle.adherence(np.asarray(Image.open(folder / r.image_path).convert("RGB")), r.prompt)
+            if isinstance(r.image_path, str)
+            else np.nan
+            for r in part.itertuples()
+        ]
+        parts.append(part)
+    rows = pd.concat(parts, ignore_index=True)
     at = rows["reject_reason"].astype("string").str.extract(r"^pruned_at_step:(\d+)$")[0].astype(float)
     rows["pruned"] = at.notna()
     cost["unet_steps"] = float(at.fillna(rows["steps"].astype(float)).sum())
@@ -76,7 +94,7 @@ def keep(rows: pd.DataFrame, select_section: dict[str, Any]) -> pd.DataFrame:
     live = rows[~rows["pruned"]]
     policy = Policy.model_validate(select_section)
     scores = {c.removeprefix("score_"): live[c].to_numpy() for c in live if c.startswith("score_")}
-    chosen = select(scores, live["prompt_id"].to_numpy(), policy)
+    chosen = select(scores, live["instance"].to_numpy(), policy)
     return live[chosen.kept]
 
 
@@ -101,27 +119,38 @@ def versus(s: dict[str, float], plain: dict[str, float]) -> dict[str, float]:
     }
 
 
-def measure(prompts: int, tmp: Path, grid: list[tuple[float, float]] = GRID) -> dict[str, Any]:
+def paired(kept: pd.DataFrame, plain: pd.DataFrame) -> dict[str, int]:
+    """Instance by instance, how many more right kept images than the plain run's (gained)
+    or fewer (lost): the adherence change is (gained - lost) / kept."""
+    right = kept.groupby("instance")["right"].sum()
+    change = right.sub(plain.groupby("instance")["right"].sum(), fill_value=0)
+    return {"right_gained": int(change.clip(lower=0).sum()), "right_lost": int(-change.clip(upper=0).sum())}
+
+
+def measure(
+    prompts: int, tmp: Path, grid: list[tuple[float, float]] = GRID, seeds: int = SEEDS
+) -> dict[str, Any]:
     captions = all_captions(short=False)[:prompts]
     prompt_file = tmp / "prompts.txt"
     prompt_file.write_text("\n".join(captions) + "\n")
     base = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     base["prompts"] = {"path": str(prompt_file)}
-    base["run"]["candidates"] = 8
+    base["run"].update(candidates=8, shard_size=SHARD_SIZE)
     steps = base["generator"]["steps"]
     policies = {k: {**base["select"], "keep": k} for k in KEEPS}
 
-    run(base | {"prompts": {"path": str(prompt_file), "limit": 2}}, tmp / "warm-up")  # model loads
-    plain_rows, first = run(base, tmp / "plain")
+    run(base | {"prompts": {"path": str(prompt_file), "limit": 2}}, tmp / "warm-up", 1)  # model loads
+    plain_rows, first = run(base, tmp / "plain", seeds)
     points = []
     for f, p in grid:  # `drop` must leave at least `keep` survivors: validate at the largest k
         data = base | {"select": policies[max(KEEPS)], "prune": {"at": f, "drop": p}}
-        points.append((f, p, *run(data, tmp / f"prune-{f}-{p}")))
+        points.append((f, p, *run(data, tmp / f"prune-{f}-{p}", seeds)))
     # The plain run again, after the grid: the baseline is the mean of the two, since a single
     # run's seconds drift by several percent on a shared machine.
-    _, last = run(base, tmp / "plain-again")
+    _, last = run(base, tmp / "plain-again", seeds)
     plain_cost = {k: (first[k] + last[k]) / 2 for k in first}
-    plain = {k: summary(keep(plain_rows, policies[k]), plain_cost, len(plain_rows)) for k in KEEPS}
+    plain_kept = {k: keep(plain_rows, policies[k]) for k in KEEPS}
+    plain = {k: summary(plain_kept[k], plain_cost, len(plain_rows)) for k in KEEPS}
 
     curve = []
     for f, p, rows, cost in points:
@@ -129,8 +158,9 @@ def measure(prompts: int, tmp: Path, grid: list[tuple[float, float]] = GRID) -> 
         point: dict[str, Any] = {"at": f, "drop": p, "step": prune.step(steps)}
         point["survivors"] = prune.survivors(8)
         for k in KEEPS:
-            s = summary(keep(rows, policies[k]), cost, len(rows))
-            point[f"keep_{k}"] = s | versus(s, plain[k])
+            kept = keep(rows, policies[k])
+            s = summary(kept, cost, len(rows))
+            point[f"keep_{k}"] = s | versus(s, plain[k]) | paired(kept, plain_kept[k])
         curve.append(point)
 
     # Adaptive N: a floor at the plain run's median CLIP score. The fixed-N side is the plain
@@ -141,9 +171,9 @@ def measure(prompts: int, tmp: Path, grid: list[tuple[float, float]] = GRID) -> 
         policy = {**base["select"], "keep": rounds["until_kept"], "floors": {"clip_score": floor}}
         fixed = summary(keep(plain_rows, policy), plain_cost, len(plain_rows))
         data = base | {"select": policy, "run": {**base["run"], "candidates": rounds}}
-        rows, cost = run(data, tmp / f"adaptive-{rounds['until_kept']}")
+        rows, cost = run(data, tmp / f"adaptive-{rounds['until_kept']}", seeds)
         s = summary(keep(rows, policy), cost, len(rows))
-        by_rounds = rows.groupby("prompt_id")["round"].max().add(1).value_counts().sort_index()
+        by_rounds = rows.groupby("instance")["round"].max().add(1).value_counts().sort_index()
         adaptive.append(
             {
                 "rounds": rounds,
@@ -156,7 +186,15 @@ def measure(prompts: int, tmp: Path, grid: list[tuple[float, float]] = GRID) -> 
 
     return {
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load_average_start": os.getloadavg()},
-        "settings": {"prompts": len(captions), "candidates": 8, "steps": steps, "config": "demo.yaml"},
+        "settings": {
+            "prompts": len(captions),
+            "run_seeds": seeds,
+            "instances": len(captions) * seeds,
+            "candidates": 8,
+            "steps": steps,
+            "config": "demo.yaml",
+            "shard_size": SHARD_SIZE,
+        },
         "plain": {f"keep_{k}": v for k, v in plain.items()},
         "plain_runs_wall_s": [first["wall_s"], last["wall_s"]],
         "pruning": curve,
@@ -167,10 +205,11 @@ def measure(prompts: int, tmp: Path, grid: list[tuple[float, float]] = GRID) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=len(all_captions(short=False)))
+    parser.add_argument("--seeds", type=int, default=SEEDS, help="run seeds per arm")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(args.prompts, Path(tmp))
+        result = measure(args.prompts, Path(tmp), seeds=args.seeds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
