@@ -178,7 +178,7 @@ def measure(
             {
                 "rounds": rounds,
                 "fixed_8": fixed,
-                "adaptive": s | {"prompts_by_rounds": {int(k): int(v) for k, v in by_rounds.items()}},
+                "adaptive": s | {"instances_by_rounds": {int(k): int(v) for k, v in by_rounds.items()}},
                 "candidates_per_kept_ratio": fixed["candidates_per_kept"] / s["candidates_per_kept"],
                 "adherence_delta_points": 100 * (s["kept_adherence"] - fixed["kept_adherence"]),
             }

@@ -21,4 +21,4 @@ def test_pruning_and_adaptive_n_spend_less_per_kept_image(tmp_path):
         assert net == round(pruned["adherence_delta_points"] / 100 * pruned["kept"])
     for a in r["adaptive"]["runs"]:
         assert a["adaptive"]["candidates_per_kept"] <= a["fixed_8"]["candidates_per_kept"]
-        assert sum(a["adaptive"]["prompts_by_rounds"].values()) == 4
+        assert sum(a["adaptive"]["instances_by_rounds"].values()) == 4
