@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         vae = finetune_decoder(vae, images, fcfg, device, log, SEED + 6)
         vae.save_pretrained(work / "vae_ft")
         timings.record("decoder", t0, fcfg.steps * fcfg.cycles)
-    if (work / "vae_ft").exists():
+    elif (work / "vae_ft").exists():  # a later --start: the fine-tuned decoder from disk
         vae = AutoencoderKL.from_pretrained(work / "vae_ft").to(device).eval()
 
     if "samples" in run:
