@@ -1,6 +1,6 @@
 """GPU throughput at Stable Diffusion 1.5 size: notebook vs winnow vs bound, a batch-size sweep,
 model FLOP utilisation (MFU) against the chip's dense bf16 peak, the speed settings
-(channels_last, torch.compile) and early pruning's saving.
+(channels_last, torch.compile) and early pruning's saving, with full-VAE and tiny-decoder previews.
 
 Random weights with SD 1.5's architecture (512², 25 PNDM steps, guidance 7.5, bf16) and a
 random ViT-L-14 + LAION-layout head for scoring; see ``bench.sd15``. ``bench/gpu.sh`` runs it
@@ -23,9 +23,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.loops import LOOPS, Timing, measure, workload
-from bench.sd15 import build_clip_and_head, build_sd15
+from bench.sd15 import build_clip_and_head, build_sd15, build_taesd
 from flows.config import Config, PruneConfig
-from models.generator import load_pipeline
+from models.generator import load_pipeline, load_preview_decoder
 
 TINY = os.environ.get("WINNOW_BENCH_TINY") == "1"
 # Dense (no sparsity) bf16 tensor-core peak, FLOP/s: H100 SXM and H200 share the chip (GH100).
@@ -87,21 +87,37 @@ def speed_settings(base: dict, prompt_file: Path, batch: int, row, plain: dict) 
     return out
 
 
-def pruning(base: dict, prompt_file: Path, batch: int, row, prompts: int, at: float) -> dict:
+def pruning(base: dict, prompt_file: Path, batch: int, row, prompts: int, at: float, taesd: Path) -> dict:
     """Seconds per candidate with early pruning (``prune: {at, drop: 0.625}``) against the
-    same run unpruned, both with DPM-Solver++ (PNDM keeps no x0 estimate to preview)."""
+    same run unpruned, all with DPM-Solver++ (PNDM keeps no x0 estimate to preview); the
+    previews decoded by the pipeline's VAE, and by a TAESD-architecture ``AutoencoderTiny``
+    (``prune.preview``). Also each preview decoder's FLOPs per image."""
     dpm = {"scheduler": "DPMSolverMultistepScheduler"}
-    prune = PruneConfig(at=at, drop=0.625)
-    runs = {"plain": base, "pruned": base | {"prune": prune.model_dump()}}
+    prune = PruneConfig(at=at, drop=0.625).model_dump()
+    runs = {
+        "plain": base,
+        "pruned": base | {"prune": prune},
+        "pruned_tiny_preview": base | {"prune": prune | {"preview": str(taesd)}},
+    }
     out = {}
     for name, data in runs.items():
         measure(LOOPS["winnow"], workload(data, prompt_file, 1, batch, **dpm))
         out[name] = row(measure(LOOPS["winnow"], workload(data, prompt_file, prompts, batch, **dpm)))
         print(name, out[name], flush=True)
     steps, n = base["generator"]["steps"], base["run"]["candidates"]
-    step, finish = prune.step(steps), prune.survivors(n)
-    out["speedup_seconds"] = round(out["plain"]["seconds"] / out["pruned"]["seconds"], 4)
+    step, finish = PruneConfig(**prune).step(steps), PruneConfig(**prune).survivors(n)
+    for name in ("pruned", "pruned_tiny_preview"):
+        out[f"speedup_seconds_{name}"] = round(out["plain"]["seconds"] / out[name]["seconds"], 4)
     out["speedup_unet_steps"] = round(steps * n / (step * n + (steps - step) * finish), 4)
+    generator = workload(runs["pruned_tiny_preview"], prompt_file, 1, batch, **dpm).config.generator
+    pipe, tiny = load_pipeline(generator), load_preview_decoder(str(taesd), generator)
+    side = (generator.height or 512) // pipe.vae_scale_factor
+    latents = torch.randn(1, 4, side, side, device=pipe.vae.device, dtype=pipe.vae.dtype)
+    for name, decoder in (("vae", pipe.vae), ("tiny", tiny)):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.inference_mode():
+            decoder.decode(latents)
+        out[f"preview_flops_{name}"] = float(counter.get_total_flops())
     return out
 
 
@@ -164,7 +180,8 @@ def main() -> None:
         print(b, sweep[b], flush=True)
     best = max(sweep, key=lambda b: sweep[b]["winnow"]["images_per_s"])
     results["settings"] = speed_settings(base, prompt_file, best, row, sweep[best]["winnow"])
-    results["pruning"] = pruning(base, prompt_file, best, row, *((2, 0.5) if TINY else (10, 0.2)))
+    taesd = build_taesd(tmp / "taesd", tiny=TINY)
+    results["pruning"] = pruning(base, prompt_file, best, row, *((2, 0.5) if TINY else (10, 0.2)), taesd)
     results |= {
         "machine": {
             "device": torch.cuda.get_device_name(torch_device) if device == "cuda" else platform.processor(),
@@ -201,7 +218,11 @@ def main() -> None:
     for name, r in results["settings"].items():
         print(f"{name}: {r['images_per_s']:.2f} img/s, x{r['ratio_vs_plain']:.3f} vs plain")
     p = results["pruning"]
-    print(f"pruning: {p['speedup_seconds']:.2f}x fewer seconds, {p['speedup_unet_steps']:.2f}x UNet steps")
+    print(
+        f"pruning: {p['speedup_unet_steps']:.2f}x fewer UNet steps; seconds: "
+        f"{p['speedup_seconds_pruned']:.2f}x fewer with VAE previews, "
+        f"{p['speedup_seconds_pruned_tiny_preview']:.2f}x with tiny-decoder previews"
+    )
     print(f"notebook {results['notebook']['images_per_s']:.2f} img/s; wrote {args.out}")
 
 

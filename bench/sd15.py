@@ -74,6 +74,17 @@ def build_sd15(out_dir: str | Path, tiny: bool = False, device: str = "cpu") -> 
     return out
 
 
+def build_taesd(out_dir: str | Path, tiny: bool = False) -> Path:
+    """Save a random ``AutoencoderTiny`` with TAESD's architecture (diffusers' defaults, as
+    madebyollin/taesd ships it for SD 1.5) in fp16: ``prune.preview``'s cheap decoder."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    size = {"encoder_block_out_channels": (8,) * 4, "decoder_block_out_channels": (8,) * 4} if tiny else {}
+    AutoencoderTiny(**size).to(torch.float16).save_pretrained(out_dir)
+    return Path(out_dir)
+
+
 def build_clip_and_head(out_dir: str | Path, tiny: bool = False) -> tuple[ClipSpec, Path]:
     """A random open_clip ViT-L-14 (the LAION head's CLIP) saved as fp16 safetensors, and a
     random head in LAION's layout (768-1024-128-64-16-1); toy sizes with ``tiny``."""

@@ -15,6 +15,9 @@ its survivors fill a batch (``Prune.call_size``), and a shard of 8 prompts would
 8 x survivors (24 for 3 survivors, where the plain run's batches hold 32). The plain run's
 batches are the same either way.
 
+Previews are decoded by the pipeline's VAE over the whole grid, and by the bundled tiny
+decoder (``prune.preview: bundled:shapes-preview``) at the points nearest the 2x target.
+
 Cost is reported three ways: wall seconds and process CPU seconds per kept image (both move
 with whatever else runs on the machine), and UNet candidate-steps per kept image (exact: a
 survivor runs every step, a pruned candidate the first S).
@@ -51,7 +54,11 @@ from scoring.select import Policy, select
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "smart.json"
-GRID = [(f, p) for f in (0.1, 0.15, 0.2, 0.3) for p in (0.5, 0.625, 0.75)]
+# (prune.at, prune.drop, prune.preview): the curve with full-VAE previews, and the tiny
+# preview decoder where the curve comes nearest to 2x within 1 point.
+TINY = "bundled:shapes-preview"
+GRID = [(f, p, "vae") for f in (0.1, 0.15, 0.2, 0.3) for p in (0.5, 0.625, 0.75)]
+GRID += [(f, 0.625, TINY) for f in (0.15, 0.2, 0.3)]
 SEEDS = 4
 SHARD_SIZE = 32
 KEEPS = (1, 2)
@@ -128,7 +135,7 @@ def paired(kept: pd.DataFrame, plain: pd.DataFrame) -> dict[str, int]:
 
 
 def measure(
-    prompts: int, tmp: Path, grid: list[tuple[float, float]] = GRID, seeds: int = SEEDS
+    prompts: int, tmp: Path, grid: list[tuple[float, float, str]] = GRID, seeds: int = SEEDS
 ) -> dict[str, Any]:
     captions = all_captions(short=False)[:prompts]
     prompt_file = tmp / "prompts.txt"
@@ -142,9 +149,9 @@ def measure(
     run(base | {"prompts": {"path": str(prompt_file), "limit": 2}}, tmp / "warm-up", 1)  # model loads
     plain_rows, first = run(base, tmp / "plain", seeds)
     points = []
-    for f, p in grid:  # `drop` must leave at least `keep` survivors: validate at the largest k
-        data = base | {"select": policies[max(KEEPS)], "prune": {"at": f, "drop": p}}
-        points.append((f, p, *run(data, tmp / f"prune-{f}-{p}", seeds)))
+    for i, (f, p, preview) in enumerate(grid):  # `drop` leaves >= `keep` survivors: check the largest k
+        data = base | {"select": policies[max(KEEPS)], "prune": {"at": f, "drop": p, "preview": preview}}
+        points.append((f, p, preview, *run(data, tmp / f"prune-{i}", seeds)))
     # The plain run again, after the grid: the baseline is the mean of the two, since a single
     # run's seconds drift by several percent on a shared machine.
     _, last = run(base, tmp / "plain-again", seeds)
@@ -153,9 +160,9 @@ def measure(
     plain = {k: summary(plain_kept[k], plain_cost, len(plain_rows)) for k in KEEPS}
 
     curve = []
-    for f, p, rows, cost in points:
+    for f, p, preview, rows, cost in points:
         prune = PruneConfig(at=f, drop=p)
-        point: dict[str, Any] = {"at": f, "drop": p, "step": prune.step(steps)}
+        point: dict[str, Any] = {"at": f, "drop": p, "preview": preview, "step": prune.step(steps)}
         point["survivors"] = prune.survivors(8)
         for k in KEEPS:
             kept = keep(rows, policies[k])

@@ -107,6 +107,11 @@ class PruneConfig(_Section):
     at: float = Field(gt=0, lt=1, description="fraction of generator.steps done when pruning")
     drop: float = Field(gt=0, lt=1, description="fraction of each prompt's candidates stopped")
     scorer: str = Field("clip_score", description="configured scorer that ranks the previews")
+    preview: str = Field(
+        "vae",
+        description="what decodes the previews: vae = the pipeline's own; or a tiny decoder (a "
+        "diffusers AutoencoderTiny: bundled:shapes-preview, a folder, or a hub id, e.g. madebyollin/taesd)",
+    )
 
     def step(self, steps: int) -> int:
         """The denoising step after which candidates are pruned (1..steps-1)."""

@@ -136,7 +136,8 @@ class _Shard:
             return keep
 
         group = max(collections.Counter(r.prompt for r in rows).values())
-        return Prune(step, judge, group, prune.survivors(group))
+        decoder = None if prune.preview == "vae" else self.generator.preview_decoder(prune.preview)
+        return Prune(step, judge, group, prune.survivors(group), decoder)
 
     def record(self, batch: Batch, rows: list[Row]) -> None:
         """Record every row a finished call covered, and score the images it finished."""

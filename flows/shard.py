@@ -74,11 +74,14 @@ class ShardResult:
 
 
 def default_run_id(config: Config, prompts: list[Prompt]) -> str:
-    """Hash of the content-determining config, the model's weights (their fingerprint) and the
-    prompts: the same command on the same weights, the same run. Retrained or updated weights
-    start a new run instead of resuming into shards the old weights made."""
+    """Hash of the content-determining config, the model's weights (their fingerprint, and
+    the preview decoder's when pruning uses one) and the prompts: the same command on the same
+    weights, the same run. Retrained or updated weights start a new run instead of resuming
+    into shards the old weights made."""
     digest = hashlib.sha256(config.result_hash().encode())
     digest.update(resolve(config.generator.model).fingerprint.encode())
+    if config.prune is not None and config.prune.preview != "vae":
+        digest.update(resolve(config.prune.preview, pipeline=False).fingerprint.encode())
     for p in prompts:
         digest.update(f"{p.id}\x1e".encode())
     return digest.hexdigest()[:12]

@@ -174,6 +174,30 @@ def load_pipeline(params: GeneratorParams):  # -> DiffusionPipeline
         return _PIPELINES[key]
 
 
+_PREVIEWS: dict[tuple, object] = {}
+
+
+def load_preview_decoder(ref: str, params: GeneratorParams):  # -> AutoencoderTiny
+    """The tiny decoder ``ref`` for pruning previews (a diffusers ``AutoencoderTiny`` folder
+    or hub repo, e.g. TAESD) on ``params``' device and dtype, loaded once per process."""
+    from diffusers import AutoencoderTiny
+
+    source = resolve(ref, pipeline=False)
+    device, dtype = pick_device(params)
+    key = (source.path, device, dtype)
+    with _LOCK:
+        if key not in _PREVIEWS:
+            try:
+                decoder = AutoencoderTiny.from_pretrained(source.path, dtype=dtype)
+            except (OSError, ValueError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ModelNotFoundError(
+                    f"prune.preview {ref!r} is not an AutoencoderTiny: {first}"
+                ) from None
+            _PREVIEWS[key] = decoder.to(device).eval()
+        return _PREVIEWS[key]
+
+
 # Pipeline keys whose compiled UNet has run once (compilation happens at the first call).
 _WARM: set[tuple] = set()
 
@@ -236,6 +260,16 @@ class Generator:
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.device.type,
         }
+
+    def preview_decoder(self, ref: str):  # -> AutoencoderTiny
+        """``load_preview_decoder(ref)``, checked to read this pipeline's latents."""
+        decoder = load_preview_decoder(ref, self.params)
+        want, got = load_pipeline(self.params).vae.config.latent_channels, decoder.config.latent_channels
+        if got != want:
+            raise WinnowError(
+                f"prune.preview {ref!r} decodes {got}-channel latents; this model's have {want}"
+            )
+        return decoder
 
     def generate(self, requests: Sequence[Request], prune: Prune | None = None) -> Iterator[Batch]:
         """Yield one ``Batch`` per ``batch_size`` requests, in order.

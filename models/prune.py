@@ -1,6 +1,6 @@
 """Early pruning inside a pipeline call: after ``step`` denoising iterations, decode each
-candidate's predicted final image (the scheduler's own x0 estimate), let a caller-supplied
-judge pick the survivors, and finish only those.
+candidate's predicted final image (the scheduler's own x0 estimate, with the pipeline's VAE or
+a cheaper tiny decoder), let a caller-supplied judge pick the survivors, and finish only those.
 
 It rides on diffusers' public ``callback_on_step_end`` hook, whose returned tensors replace
 the loop's own (the mechanism diffusers documents for changing ``prompt_embeds`` mid-run). The
@@ -37,6 +37,7 @@ class Prune:
     judge: Judge
     group: int = 1  # candidates per prompt: a call starts with whole groups ...
     finish: int = 1  # ... of which this many finish
+    decoder: Any = None  # decodes the previews: None = the pipeline's VAE, or e.g. an AutoencoderTiny
 
     def call_size(self, batch_size: int) -> int:
         """Candidates a call starts with so that about ``batch_size`` of them finish: the
@@ -44,7 +45,7 @@ class Prune:
         return self.group * max(1, round(batch_size / self.finish))
 
 
-class _StepRecorder:
+class StepRecorder:
     """Stands in for ``scheduler.step`` and keeps its last output, which holds the x0
     estimate (``pred_original_sample``) for schedulers that report one."""
 
@@ -91,16 +92,19 @@ def _state(value: Any, keep: torch.Tensor, like: torch.Size) -> Any:
     return value
 
 
-def _preview(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
-    """Decode latents with the pipeline's VAE to (n, 3, H, W) floats in [0, 1]."""
-    vae = pipe.vae
+def _preview(pipe: Any, decoder: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Decode latents with ``decoder`` (None: the pipeline's VAE) to (n, 3, H, W) floats in
+    [0, 1]. A VAE and diffusers' ``AutoencoderTiny`` share the interface: ``decode`` of
+    latents divided by the model's ``scaling_factor`` (1.0 for a tiny one trained on the
+    pipeline's scaled latents, as TAESD is) gives images in [-1, 1]."""
+    vae = decoder or pipe.vae
     decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
     return pipe.image_processor.postprocess(decoded, output_type="pt").float()
 
 
 def pruning_callback(
     pipe: Any, prune: Prune, rows: list[int], alive: list[int], generators: list[torch.Generator]
-) -> tuple[Callable[..., dict[str, Any]], _StepRecorder]:
+) -> tuple[Callable[..., dict[str, Any]], StepRecorder]:
     """The ``callback_on_step_end`` for one call, and the recorder to install as
     ``pipe.scheduler.step`` for its duration.
 
@@ -108,14 +112,14 @@ def pruning_callback(
     positions are padding). ``alive`` (positions in the call) and ``generators`` are shrunk
     in place to the survivors.
     """
-    recorder = _StepRecorder(pipe.scheduler)
+    recorder = StepRecorder(pipe.scheduler)
 
     def on_step_end(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         if i != prune.step - 1:
             return {}
         latents = tensors["latents"]
         batch, real = latents.shape[0], len(rows)
-        previews = _preview(pipe, recorder.x0()[:real])
+        previews = _preview(pipe, prune.decoder, recorder.x0()[:real])
         verdict = prune.judge(rows, previews).to("cpu", torch.bool)
         keep = torch.nonzero(verdict).flatten()  # padding (positions >= real) never survives
         alive[:] = [alive[j] for j in keep.tolist()]

@@ -4,7 +4,8 @@ A reference is one of
 
 - ``bundled:NAME``          a model shipped in this repository (``models/shapes/weights``),
 - a local path               a diffusers folder, or a single-file ``.safetensors`` checkpoint,
-- ``org/name[@revision]``    a Hugging Face hub id (the local cache is tried first).
+- ``org/name[@revision]``    a Hugging Face hub id (the local cache is tried first): a
+                             pipeline repo, or with ``pipeline=False`` one model's repo.
 
 With no hub access and nothing local, resolution fails with a one-line ``ModelNotFoundError``
 naming the model and how to provide it.
@@ -26,6 +27,7 @@ BUNDLED = {
     "shapes-sd": BUNDLED_ROOT / "sd",
     "shapes-clip": BUNDLED_ROOT / "clip",
     "shapes-aesthetic": BUNDLED_ROOT / "aesthetic.safetensors",
+    "shapes-preview": BUNDLED_ROOT / "preview",
 }
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
 _SINGLE_FILE_SUFFIXES = {".safetensors", ".ckpt"}
@@ -65,8 +67,9 @@ def _hub_error(ref: str, why: str) -> ModelNotFoundError:
 
 
 @functools.cache
-def resolve(ref: str) -> Source:
-    """Resolve a model reference to local files (downloading from the hub if reachable)."""
+def resolve(ref: str, pipeline: bool = True) -> Source:
+    """Resolve a model reference to local files (downloading from the hub if reachable: a
+    whole pipeline, or with ``pipeline=False`` a single model such as an ``AutoencoderTiny``)."""
     if ref.startswith("bundled:"):
         name = ref.removeprefix("bundled:")
         if name not in BUNDLED:
@@ -86,16 +89,23 @@ def resolve(ref: str) -> Source:
         )
     if not _HUB_ID.match(ref) or ref.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model {ref!r}: no such local path, and not a hub id (org/name[@revision])")
-    return _download_pipeline(ref)
+    return _download(ref, pipeline)
 
 
-def _download_pipeline(ref: str) -> Source:
-    """Fetch a diffusers pipeline repo (cache first) with diffusers' own file selection."""
+def _download(ref: str, pipeline: bool) -> Source:
+    """Fetch a hub repo (cache first): a diffusers pipeline with diffusers' own file selection,
+    or one model's config and safetensors weights."""
     from diffusers import DiffusionPipeline  # heavy import, only for hub references
+    from huggingface_hub import snapshot_download
 
     repo, _, revision = ref.partition("@")
     try:
-        folder = Path(DiffusionPipeline.download(repo, revision=revision or None))
+        if pipeline:
+            folder = Path(DiffusionPipeline.download(repo, revision=revision or None))
+        else:
+            folder = Path(
+                snapshot_download(repo, revision=revision or None, allow_patterns=["*.json", "*.safetensors"])
+            )
     except Exception as err:  # offline, DNS failure, 404, gated repo, cache miss...
         raise _hub_error(ref, type(err).__name__) from None
     return Source(ref, "hub", folder, folder.name)  # the snapshot folder is the commit sha

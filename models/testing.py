@@ -52,3 +52,20 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
     pipe = sd_pipeline(unet, vae, text_encoder, tokenizer, scheduler)
     pipe.save_pretrained(out)
     return out
+
+
+def build_tiny_preview(out_dir: str | Path, latent_channels: int = 4, seed: int = 0) -> Path:
+    """Save a random ``AutoencoderTiny`` (TAESD's classes) decoding the tiny pipeline's 8×8
+    latents to 16×16 images, for ``prune.preview``."""
+    from diffusers import AutoencoderTiny
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    AutoencoderTiny(
+        latent_channels=latent_channels,
+        encoder_block_out_channels=(8,),
+        num_encoder_blocks=(1,),
+        decoder_block_out_channels=(8, 8),
+        num_decoder_blocks=(1, 1),
+    ).save_pretrained(out)
+    return out

@@ -7,11 +7,13 @@ import pytest
 def test_pruning_and_adaptive_n_spend_less_per_kept_image(tmp_path):
     from bench.smart import measure
 
-    r = measure(prompts=2, tmp=tmp_path, grid=[(0.3, 0.75)], seeds=2)
+    r = measure(
+        prompts=2, tmp=tmp_path, grid=[(0.3, 0.75, "vae"), (0.3, 0.75, "bundled:shapes-preview")], seeds=2
+    )
     assert r["settings"]["instances"] == 4  # 2 prompts under run seeds 0 and 1
-    (point,) = r["pruning"]
-    assert point["step"] == 6 and point["survivors"] == 2
-    for k in (1, 2):
+    assert [point["preview"] for point in r["pruning"]] == ["vae", "bundled:shapes-preview"]
+    for point, k in [(point, k) for point in r["pruning"] for k in (1, 2)]:
+        assert point["step"] == 6 and point["survivors"] == 2
         plain, pruned = r["plain"][f"keep_{k}"], point[f"keep_{k}"]
         assert plain["kept"] == pruned["kept"] == 4 * k
         # Step 6 of 20: 8 x 6 + 2 x 14 UNet steps per prompt instead of 8 x 20.

@@ -11,10 +11,11 @@ import torch
 from flows.config import ConfigError, load_config
 from flows.prompts import read_prompts
 from flows.regenerate import check_row, read_png
-from flows.shard import plan_shards, process_shard
-from models.errors import WinnowError
+from flows.shard import default_run_id, plan_shards, process_shard
+from models.errors import ModelNotFoundError, WinnowError
 from models.generator import Generator, GeneratorParams, Request, load_pipeline
 from models.prune import Prune
+from models.testing import build_tiny_preview
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 REQUESTS = [Request(p, "", 100 + i) for i, p in enumerate(["a", "b", "c", "d", "e"])]
@@ -70,6 +71,29 @@ def test_survivors_finish_as_if_unpruned(tiny_sd, scheduler):
         torch.testing.assert_close(again[row], full[row], atol=1e-5, rtol=0)
 
 
+def test_a_tiny_decoder_makes_the_previews_and_changes_nothing_else(tiny_sd, tmp_path):
+    params = GeneratorParams(
+        model=str(tiny_sd), steps=4, batch_size=4, scheduler="DPMSolverMultistepScheduler"
+    )
+    _, full = images(params)
+    decoder = Generator(params).preview_decoder(str(build_tiny_preview(tmp_path / "taesd")))
+    calls = []
+    decode = decoder.decode
+    decoder.decode = lambda latents, **kw: calls.append(len(latents)) or decode(latents, **kw)
+    try:
+        by_vae, by_tiny = Judge(), Judge()
+        images(params, Prune(step=2, judge=by_vae))
+        _, pruned = images(params, Prune(step=2, judge=by_tiny, decoder=decoder))
+    finally:
+        del decoder.decode
+    assert calls == [4, 1]  # one decode per call, of its real candidates
+    assert [seen[:2] for seen in by_tiny.seen] == [seen[:2] for seen in by_vae.seen]
+    assert [seen[2:] for seen in by_tiny.seen] != [seen[2:] for seen in by_vae.seen]  # other pixels
+    assert all(lo >= 0.0 and hi <= 1.0 for _, _, lo, hi in by_tiny.seen)
+    for row, image in pruned.items():  # the preview only decides who survives
+        torch.testing.assert_close(image, full[row], atol=1e-4, rtol=0)
+
+
 def test_scheduler_without_an_x0_estimate_is_a_clear_error(tiny_sd):
     params = GeneratorParams(model=str(tiny_sd), steps=4, batch_size=4, scheduler="PNDMScheduler")
     with pytest.raises(WinnowError, match="PNDMScheduler gives no estimate of the final image"):
@@ -117,6 +141,39 @@ def test_pruned_candidates_are_recorded_and_survivors_selected(make_config, tmp_
     assert check_row(tmp_path / "p", live["candidate_id"].iloc[-1]).match
     with pytest.raises(WinnowError, match="was pruned at step 2: it has no final image"):
         check_row(tmp_path / "p", pruned.loc[stopped, "candidate_id"].iloc[0])
+
+
+def test_prune_preview_from_the_config(make_config, tiny_sd, tmp_path):
+    preview = build_tiny_preview(tmp_path / "taesd")
+    path = make_config(
+        PROMPTS,
+        generator={"steps": 4, "batch_size": 4},
+        run={"candidates": 4, "shard_size": 3},
+        select={"keep": 1},
+        prune={"at": 0.5, "drop": 0.5, "preview": str(preview)},
+    )
+    config = load_config(path)
+    rows = run(config)
+    assert (rows["reject_reason"] == "pruned_at_step:2").sum() == 6 and rows["kept"].sum() == 3
+    # The preview decoder's weights are part of the run's identity.
+    prompts = read_prompts(config.prompts.path)
+    by_vae = load_config(path, {"prune.preview": "vae"})
+    assert default_run_id(config, prompts) != default_run_id(by_vae, prompts)
+    # A wrong preview model fails in one line before anything is generated.
+    wrong = {
+        str(tmp_path / "nope"): (ModelNotFoundError, "no such local path"),
+        str(tiny_sd): (ModelNotFoundError, r"prune.preview '.*' is not an AutoencoderTiny"),
+        str(build_tiny_preview(tmp_path / "taesd3", latent_channels=3)): (
+            WinnowError,
+            "decodes 3-channel latents; this model's have 4",
+        ),
+    }
+    for ref, (error, message) in wrong.items():
+        bad = load_config(path, {"prune.preview": ref, "run.out": str(tmp_path / "bad")})
+        with pytest.raises(error, match=message) as err:
+            run(bad)
+        assert "\n" not in str(err.value)
+        assert not (tmp_path / "bad" / "runs").exists()
 
 
 @pytest.mark.parametrize(

@@ -73,3 +73,11 @@ def test_aesthetic_tracks_degradation(models: tuple) -> None:
     res = ev.aesthetic_spearman(models[1], models[2], n=300)
     assert res["spearman"] >= 0.7  # full bar: 0.8
     assert res["clean_mean"] > res["heavy_mean"]
+
+
+def test_preview_decoder_follows_the_vae(models: tuple) -> None:
+    from models.generator import GeneratorParams, load_preview_decoder
+
+    params = GeneratorParams(model="bundled:shapes-sd", device="cpu")
+    preview = load_preview_decoder("bundled:shapes-preview", params)
+    assert ev.preview_psnr(models[0], preview, n=16) >= 20.0  # full bar: 23 dB; untrained: 4 dB

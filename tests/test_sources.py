@@ -34,6 +34,14 @@ def test_missing_models_give_one_actionable_line(ref, message):
     assert time.perf_counter() - began < 30  # offline is detected, not waited out
 
 
+def test_a_single_model_repo_offline_is_one_line_too():
+    with pytest.raises(
+        ModelNotFoundError, match=r"not on this machine.*hf download madebyollin/taesd"
+    ) as err:
+        resolve("madebyollin/taesd", pipeline=False)
+    assert "\n" not in str(err.value)
+
+
 def test_non_checkpoint_file(tmp_path):
     path = tmp_path / "weights.bin.txt"
     path.write_text("x")

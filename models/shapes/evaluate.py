@@ -14,11 +14,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline
 
 from models.shapes import oracle
 from models.shapes.data import FULL_CAPTIONS, render_pool
 from models.shapes.degrade import degrade_batch
+from models.shapes.train_preview import collect_latents, vae_decode
 from models.shapes.train_vae import reconstruct
 from models.shapes.world import all_scenes
 from scoring.aesthetic import AestheticHead
@@ -149,6 +151,25 @@ def best_of_n(
     ok2 = ok.reshape(len(prompts), n)
     best = ok2[np.arange(len(prompts)), score.argmax(1)]
     return {"single": float(ok.mean()), "best": float(best.mean()), "any": float(ok2.any(1).mean())}
+
+
+def preview_psnr(
+    pipe: DiffusionPipeline,
+    preview: AutoencoderTiny,
+    n: int = 64,
+    early: int = 8,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+    seed: int = EVAL_SEED + 4,
+) -> float:
+    """PSNR (dB, images in [-1, 1]) of ``preview``'s decodes against the VAE's, on what
+    pruning decodes: x0 estimates after steps 1..``early`` and final latents of ``n`` held-out
+    generations."""
+    prompts = [FULL_CAPTIONS[i % len(FULL_CAPTIONS)] for i in range(n)]
+    latents = collect_latents(pipe, prompts, [seed + i for i in range(n)], early, steps, guidance)
+    with torch.no_grad():
+        mse = F.mse_loss(preview.decode(latents).sample.clamp(-1, 1), vae_decode(pipe, latents))
+    return float(10 * torch.log10(4 / mse))
 
 
 def sampling_speed(

@@ -6,8 +6,9 @@
 
 Stages (each checkpointed under ``--work`` so a later stage can be re-run with ``--start``):
 vae -> diffusion -> decoder (fine-tune) -> samples (oracle-labelled generations for the CLIP)
--> clip -> aesthetic -> export (fp16 safetensors) -> evaluate (from the exported files, loaded
-through winnow's own loaders). Wall time and seconds per step of each stage go to
+-> clip -> aesthetic -> export (fp16 safetensors) -> preview (a tiny decoder for pruning
+previews, distilled from the exported pipeline's VAE) -> evaluate (from the exported files,
+loaded through winnow's own loaders). Wall time and seconds per step of each stage go to
 ``<work>/timings.json``, the evaluate stage's metrics to ``<work>/metrics.json``.
 """
 
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionPipeline
 
 from models.generator import GeneratorParams, load_pipeline
 from models.shapes import evaluate as ev
@@ -38,13 +39,14 @@ from models.shapes.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
 from models.shapes.train_aesthetic import AestheticConfig, save_aesthetic, train_aesthetic
 from models.shapes.train_clip import ClipConfig, save_clip, train_clip
 from models.shapes.train_diffusion import DiffusionConfig, make_pipeline, train_diffusion
+from models.shapes.train_preview import PreviewConfig, train_preview
 from models.shapes.train_vae import DecoderConfig, VaeConfig, finetune_decoder, reconstruct, train_vae
 from models.sources import BUNDLED_ROOT
 from models.tokenizer import build_clip_tokenizer
 from scoring.aesthetic import AestheticHead
 from scoring.clip import ClipSpec, clear_cache
 
-STAGES = ("vae", "diffusion", "decoder", "samples", "clip", "aesthetic", "export", "evaluate")
+STAGES = ("vae", "diffusion", "decoder", "samples", "clip", "aesthetic", "export", "preview", "evaluate")
 SEED = 1234
 N_RENDERS = 20_000
 N_RECON = 4096
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         vae = train_vae(images, vcfg, device, log, SEED + 1)
         vae.save_pretrained(work / "vae")
         timings.record("vae", t0, vcfg.steps)
-    vae = AutoencoderKL.from_pretrained(work / "vae").to(device).eval()
+    if {"diffusion", "decoder", "samples", "export"} & set(run):  # the stages that need the VAE
+        vae = AutoencoderKL.from_pretrained(work / "vae").to(device).eval()
 
     if "diffusion" in run:
         t0 = time.time()
@@ -200,6 +203,25 @@ def main(argv: list[str] | None = None) -> None:
         total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         log(f"export: {total / 1e6:.1f} MB under {out}")
 
+    if "preview" in run:
+        t0 = time.time()
+        seed_everything(SEED + 7)
+        pcfg = replace(PreviewConfig(), steps=steps(PreviewConfig().steps))
+        pipe = load_pipeline(GeneratorParams(model=str(args.out / "sd"), device=args.device))
+        rng = np.random.default_rng(SEED + 7)
+        n_gen = max(64, int(pcfg.candidates * min(1.0, args.scale * 4)))
+        captions = FULL_CAPTIONS + SHORT_CAPTIONS
+        prompts = [captions[i] for i in rng.integers(0, len(captions), n_gen)]
+        seeds = [SEED * 2000 + i for i in range(n_gen)]
+        preview = train_preview(pipe, prompts, seeds, pcfg, log, SEED + 7, DEFAULT_STEPS, DEFAULT_GUIDANCE)
+        preview.half().save_pretrained(args.out / "preview", safe_serialization=True)
+        # AutoencoderTiny registers `block_out_channels` in its config but does not accept it
+        # back, so loading would warn; TAESD's own config has no such key either.
+        config = json.loads((args.out / "preview" / "config.json").read_text())
+        config.pop("block_out_channels")
+        (args.out / "preview" / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        timings.record("preview", t0, pcfg.steps)
+
     if "evaluate" in run:
         t0 = time.time()
         metrics = evaluate_exported(args.out)
@@ -217,11 +239,13 @@ def evaluate_exported(out: Path) -> dict[str, object]:
         pretrained=str(out / "clip" / f"{CLIP_NAME}.safetensors"),
     )
     head = AestheticHead.from_file(out / "aesthetic.safetensors")
+    preview = AutoencoderTiny.from_pretrained(out / "preview", dtype=torch.float32).eval()
     return {
         "vae_roundtrip": ev.vae_roundtrip(pipe.vae),
         "clip_zero_shot": ev.clip_zero_shot(spec),
         "aesthetic": ev.aesthetic_spearman(spec, head),
         "best_of_8": ev.best_of_n(pipe, spec, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE),
+        "preview_psnr_db": ev.preview_psnr(pipe, preview),
         "images_per_s_batch16": ev.sampling_speed(pipe),
     }
 
