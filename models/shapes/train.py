@@ -1,6 +1,6 @@
 """Train every bundled shapes model, in order, and write ``models/shapes/weights``.
 
-    python -m models.shapes.train            # full run (seeded, CPU, ~38 min on 2 free cores)
+    python -m models.shapes.train            # full run (seeded, CPU, ~46 min on 2 free cores)
     python -m models.shapes.train --scale 0.005 --stop export \
         --work /tmp/shapes-smoke --out /tmp/shapes-smoke/out        # smoke test (~3 min)
 
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         # AutoencoderTiny registers `block_out_channels` in its config but does not accept it
         # back, so loading would warn; TAESD's own config has no such key either.
         config = json.loads((args.out / "preview" / "config.json").read_text())
-        config.pop("block_out_channels")
+        config.pop("block_out_channels", None)
         (args.out / "preview" / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         timings.record("preview", t0, pcfg.steps)
 
