@@ -93,7 +93,8 @@ def pruning(base: dict, prompt_file: Path, batch: int, row, prompts: int, at: fl
     previews decoded by the pipeline's VAE, and by a TAESD-architecture ``AutoencoderTiny``
     (``prune.preview``). Also each preview decoder's FLOPs per image."""
     dpm = {"scheduler": "DPMSolverMultistepScheduler"}
-    prune = PruneConfig(at=at, drop=0.625).model_dump()
+    config = PruneConfig(at=at, drop=0.625)
+    prune = config.model_dump()
     runs = {
         "plain": base,
         "pruned": base | {"prune": prune},
@@ -105,7 +106,7 @@ def pruning(base: dict, prompt_file: Path, batch: int, row, prompts: int, at: fl
         out[name] = row(measure(LOOPS["winnow"], workload(data, prompt_file, prompts, batch, **dpm)))
         print(name, out[name], flush=True)
     steps, n = base["generator"]["steps"], base["run"]["candidates"]
-    step, finish = PruneConfig(**prune).step(steps), PruneConfig(**prune).survivors(n)
+    step, finish = config.step(steps), config.survivors(n)
     for name in ("pruned", "pruned_tiny_preview"):
         out[f"speedup_seconds_{name}"] = round(out["plain"]["seconds"] / out[name]["seconds"], 4)
     out["speedup_unet_steps"] = round(steps * n / (step * n + (steps - step) * finish), 4)
