@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from models.errors import WinnowError
+from models.errors import WinnowError, first_line
 
 SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")
 
@@ -84,8 +84,9 @@ def read_prompts(path: str | Path, negative_prompt: str = "", limit: int | None 
     except PromptFileError:
         raise
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PromptFileError(f"{path}: not a readable {path.suffix} prompt file ({why})") from None
+        raise PromptFileError(
+            f"{path}: not a readable {path.suffix} prompt file ({first_line(err)})"
+        ) from None
     text_col = _column(df, "prompt")
     if text_col is None:
         raise PromptFileError(f"{path}: no 'prompt' column (columns: {', '.join(map(str, df.columns))})")

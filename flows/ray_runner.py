@@ -38,7 +38,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner
 
 from flows.config import RunnerConfig
-from models.errors import WinnowError
+from models.errors import WinnowError, first_line
 
 # Set in the shard tasks' runtime environment only: its presence tells a process it is one of
 # this run's Ray workers, and its value is the driver's working directory.
@@ -111,8 +111,7 @@ def _connect(runner: RunnerConfig) -> None:
         # "local": a new cluster even where `ray start` runs one (ray.init() would join that)
         ray.init(runner.address or "local", **kwargs)
     except ConnectionError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RayRunnerError(f"cannot join the Ray cluster at {runner.address}: {first}") from None
+        raise RayRunnerError(f"cannot join the Ray cluster at {runner.address}: {first_line(err)}") from None
 
 
 def check_api_reachable(api_url: str, node_ips: list[str], local_ip: str) -> None:

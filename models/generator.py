@@ -11,6 +11,7 @@ smaller size), so a too-ambitious ``batch_size`` slows a run down instead of los
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from models.errors import ModelNotFoundError, WinnowError
+from models.errors import ModelNotFoundError, WinnowError, first_line
 from models.prune import Prune, pruning_callback
 from models.sources import Source, resolve
 
@@ -126,8 +127,7 @@ def _load(source: Source, params: GeneratorParams, dtype: torch.dtype):  # -> Di
         try:
             pipe = AutoPipelineForText2Image.from_pretrained(source.path, dtype=dtype)
         except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelNotFoundError(f"model {source.ref!r} could not be loaded: {first}") from None
+            raise ModelNotFoundError(f"model {source.ref!r} could not be loaded: {first_line(err)}") from None
     if params.scheduler:
         pipe.scheduler = getattr(diffusers, params.scheduler).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -190,9 +190,8 @@ def load_preview_decoder(ref: str, params: GeneratorParams):  # -> AutoencoderTi
             try:
                 decoder = AutoencoderTiny.from_pretrained(source.path, dtype=dtype)
             except (OSError, ValueError) as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise ModelNotFoundError(
-                    f"prune.preview {ref!r} is not an AutoencoderTiny: {first}"
+                    f"prune.preview {ref!r} is not an AutoencoderTiny: {first_line(err)}"
                 ) from None
             _PREVIEWS[key] = decoder.to(device).eval()
         return _PREVIEWS[key]
@@ -345,7 +344,7 @@ class Generator:
         # CPU generators: the same seed gives the same noise on every device.
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in chunk]
         alive = list(range(len(chunk)))
-        hooks = {}
+        hooks, recorder = {}, contextlib.nullcontext()
         if prune is not None:
             rows = list(range(start, start + real))
             callback, recorder = pruning_callback(pipe, prune, rows, alive, generators)
@@ -353,23 +352,18 @@ class Generator:
                 "callback_on_step_end": callback,
                 "callback_on_step_end_tensor_inputs": list(pipe._callback_tensor_inputs),
             }
-        with _CALL_LOCK, torch.inference_mode():
-            if prune is not None:
-                pipe.scheduler.step = recorder
-            try:
-                images = pipe(
-                    prompt=[r.prompt for r in chunk],
-                    negative_prompt=[r.negative_prompt for r in chunk],
-                    generator=generators,
-                    num_inference_steps=steps or self.params.steps,
-                    guidance_scale=self.params.guidance,
-                    width=self.params.width,
-                    height=self.params.height,
-                    output_type="pt",
-                    **hooks,
-                ).images
-            finally:
-                vars(pipe.scheduler).pop("step", None)  # back to the class's method
+        with _CALL_LOCK, torch.inference_mode(), recorder:
+            images = pipe(
+                prompt=[r.prompt for r in chunk],
+                negative_prompt=[r.negative_prompt for r in chunk],
+                generator=generators,
+                num_inference_steps=steps or self.params.steps,
+                guidance_scale=self.params.guidance,
+                width=self.params.width,
+                height=self.params.height,
+                output_type="pt",
+                **hooks,
+            ).images
         return images, alive
 
 

@@ -47,13 +47,21 @@ class Prune:
 
 class StepRecorder:
     """Stands in for ``scheduler.step`` and keeps its last output, which holds the x0
-    estimate (``pred_original_sample``) for schedulers that report one."""
+    estimate (``pred_original_sample``) for schedulers that report one. Installed on the
+    scheduler for the duration of a ``with`` block."""
 
     def __init__(self, scheduler: Any) -> None:
         self.scheduler, self.step = scheduler, scheduler.step
         self.last: Any = None
         # Pipelines pass `generator`/`eta` only if the step's signature takes them.
         functools.update_wrapper(self, scheduler.step)
+
+    def __enter__(self) -> StepRecorder:
+        self.scheduler.step = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        vars(self.scheduler).pop("step", None)  # back to the class's method
 
     def __call__(self, *args: Any, return_dict: bool = True, **kwargs: Any) -> Any:
         self.last = self.step(*args, return_dict=True, **kwargs)
@@ -105,8 +113,8 @@ def _preview(pipe: Any, decoder: Any, latents: torch.Tensor) -> torch.Tensor:
 def pruning_callback(
     pipe: Any, prune: Prune, rows: list[int], alive: list[int], generators: list[torch.Generator]
 ) -> tuple[Callable[..., dict[str, Any]], StepRecorder]:
-    """The ``callback_on_step_end`` for one call, and the recorder to install as
-    ``pipe.scheduler.step`` for its duration.
+    """The ``callback_on_step_end`` for one call, and the recorder to enter (``with``) for
+    its duration.
 
     ``rows``: the request index of each real candidate of the call (the call's later
     positions are padding). ``alive`` (positions in the call) and ``generators`` are shrunk

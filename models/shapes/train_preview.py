@@ -64,8 +64,7 @@ def collect_latents(
         return {}
 
     for i in range(0, len(prompts), batch):
-        pipe.scheduler.step = recorder
-        try:
+        with recorder:
             final = pipe(
                 list(prompts[i : i + batch]),
                 generator=[torch.Generator().manual_seed(int(s)) for s in seeds[i : i + batch]],
@@ -74,8 +73,6 @@ def collect_latents(
                 output_type="latent",
                 callback_on_step_end=keep,
             ).images
-        finally:
-            vars(pipe.scheduler).pop("step", None)
         found.append(final)
     return torch.cat(found).float()
 
