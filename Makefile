@@ -27,7 +27,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 train-shapes: $(STAMP)  ## retrain the bundled shapes models (CPU, seeded, ~46 min on 2 free cores)
-	$(PY) -m models.shapes.train
+	$(PY) -m winnow.models.shapes.train
 
 bench: $(STAMP)  ## throughput: notebook loop vs winnow vs bound on the CPU -> bench/results/cpu.json
 	$(PY) -m bench.cpu

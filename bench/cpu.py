@@ -37,8 +37,8 @@ def models(small: bool, tmp: Path, weights: Path | None) -> tuple[dict, dict, li
     """(generator keys, scorers section, prompts): the shapes models (bundled, or from a
     ``weights`` folder laid out like ``models/shapes/weights``), or tiny random ones."""
     if small:
-        from models.testing import build_tiny_pipeline
-        from scoring.testing import build_tiny_aesthetic_head, build_tiny_clip
+        from winnow.models.testing import build_tiny_pipeline
+        from winnow.scoring.testing import build_tiny_aesthetic_head, build_tiny_clip
 
         spec = build_tiny_clip(tmp / "clip")
         clip = {"model": spec.model, "pretrained": spec.pretrained}
@@ -46,7 +46,7 @@ def models(small: bool, tmp: Path, weights: Path | None) -> tuple[dict, dict, li
         generator = {"model": str(build_tiny_pipeline(tmp / "sd")), "steps": 4, "guidance": 5.0}
         prompts = [f"a {c} {s}" for c in ("red", "blue", "green", "yellow") for s in ("circle", "square")]
     else:
-        from models.shapes.world import all_captions
+        from winnow.models.shapes.world import all_captions
 
         if weights:
             clip = {"model": str(weights / "clip/shapes-clip.json")}
@@ -127,7 +127,7 @@ def main() -> None:
         "torch": torch.__version__,
     }
     results["workload"] = {
-        "model": "tiny random (models.testing)" if args.small else generator["model"],
+        "model": "tiny random (winnow.models.testing)" if args.small else generator["model"],
         "prompts": args.prompts,
         "candidates_per_prompt": args.candidates,
         "keep": args.keep,

@@ -24,8 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.loops import LOOPS, Timing, measure, workload
 from bench.sd15 import build_clip_and_head, build_sd15, build_taesd
-from flows.config import Config, PruneConfig
-from models.generator import load_pipeline, load_preview_decoder
+from winnow.models.generator import load_pipeline, load_preview_decoder
+from winnow.pipeline.config import Config, PruneConfig
 
 TINY = os.environ.get("WINNOW_BENCH_TINY") == "1"
 # Dense (no sparsity) bf16 tensor-core peak, FLOP/s: H100 SXM and H200 share the chip (GH100).

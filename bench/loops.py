@@ -3,7 +3,7 @@
 - ``notebook``: what people write first: one ``pipe(prompt)`` call per image (PIL output),
   then each image scored alone through open_clip's PIL transform, the best ``keep`` of each
   prompt saved as PNG.
-- ``winnow``: ``flows.shard.process_shard`` over the planned shards: generation, scoring,
+- ``winnow``: ``winnow.pipeline.shard.process_shard`` over the planned shards: generation, scoring,
   selection and every catalog write (PNGs, Parquet parts).
 - ``bound``: the same batched pipeline calls and batched scoring with nothing else: no
   selection, no device-to-host copies, no I/O. winnow cannot beat it by design.
@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from bench.memory import peak_memory
-from flows.config import Config
-from flows.prompts import Prompt, read_prompts
-from flows.shard import plan_shards, process_shard
-from models.generator import Generator, load_pipeline
-from scoring.aesthetic import load_head
-from scoring.base import Candidates, build_scorers
-from scoring.clip import load_clip
-from scoring.select import select
+from winnow.models.generator import Generator, load_pipeline
+from winnow.pipeline.config import Config
+from winnow.pipeline.prompts import Prompt, read_prompts
+from winnow.pipeline.shard import plan_shards, process_shard
+from winnow.scoring.aesthetic import load_head
+from winnow.scoring.base import Candidates, build_scorers
+from winnow.scoring.clip import load_clip
+from winnow.scoring.select import select
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Workload:
         return len(self.prompts) * self.config.run.candidates
 
     def seeds(self, prompt: Prompt) -> list[int]:
-        from models.generator import candidate_seed
+        from winnow.models.generator import candidate_seed
 
         return [candidate_seed(self.config.run.seed, prompt.id, k) for k in range(self.config.run.candidates)]
 
@@ -149,7 +149,7 @@ def notebook(work: Workload) -> None:
 
 
 def _spec(raw: object):  # -> ClipSpec
-    from scoring.clip import ClipSpec
+    from winnow.scoring.clip import ClipSpec
 
     return raw if isinstance(raw, ClipSpec) else ClipSpec.model_validate(raw)
 

@@ -30,13 +30,13 @@ import pandas as pd
 import yaml
 from PIL import Image
 
-from flows.config import Config
-from flows.prompts import read_prompts
-from flows.shard import plan_shards, process_shard
-from models.shapes import evaluate, oracle
-from models.shapes.world import all_captions
-from scoring.aesthetic import load_head
-from scoring.clip import ClipSpec
+from winnow.models.shapes import evaluate, oracle
+from winnow.models.shapes.world import all_captions
+from winnow.pipeline.config import Config
+from winnow.pipeline.prompts import read_prompts
+from winnow.pipeline.shard import plan_shards, process_shard
+from winnow.scoring.aesthetic import load_head
+from winnow.scoring.clip import ClipSpec
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "shapes.json"
@@ -75,7 +75,7 @@ def curation(prompts: int | None, n: int, workdir: Path, seed: int = 0) -> dict[
 
 def models_quality(renders: int) -> dict[str, float]:
     """VAE round trip, CLIP zero-shot and aesthetic Spearman on held-out clean renders."""
-    from models.generator import GeneratorParams, load_pipeline
+    from winnow.models.generator import GeneratorParams, load_pipeline
 
     pipe = load_pipeline(GeneratorParams(model="bundled:shapes-sd", device="cpu"))
     clip = ClipSpec(model="bundled:shapes-clip")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from scoring.clip import ClipSpec
+from winnow.scoring.clip import ClipSpec
 
 # runwayml/stable-diffusion-v1-5, unet/config.json and vae/config.json (the fields that shape compute).
 UNET = {
@@ -49,8 +49,8 @@ def build_sd15(out_dir: str | Path, tiny: bool = False, device: str = "cpu") -> 
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from models.assemble import sd_pipeline
-    from models.tokenizer import build_clip_tokenizer
+    from winnow.models.assemble import sd_pipeline
+    from winnow.models.tokenizer import build_clip_tokenizer
 
     out = Path(out_dir)
     torch.manual_seed(0)
@@ -90,7 +90,7 @@ def build_clip_and_head(out_dir: str | Path, tiny: bool = False) -> tuple[ClipSp
     random head in LAION's layout (768-1024-128-64-16-1); toy sizes with ``tiny``."""
     from safetensors.torch import save_file
 
-    from scoring.testing import build_tiny_aesthetic_head, build_tiny_clip
+    from winnow.scoring.testing import build_tiny_aesthetic_head, build_tiny_clip
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

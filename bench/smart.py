@@ -45,12 +45,12 @@ import yaml
 from PIL import Image
 
 from bench.cpu import cpu_name
-from flows.config import Config, PruneConfig
-from flows.prompts import read_prompts
-from flows.shard import plan_shards, process_shard
-from models.shapes import oracle
-from models.shapes.world import all_captions
-from scoring.select import Policy, select
+from winnow.models.shapes import oracle
+from winnow.models.shapes.world import all_captions
+from winnow.pipeline.config import Config, PruneConfig
+from winnow.pipeline.prompts import read_prompts
+from winnow.pipeline.shard import plan_shards, process_shard
+from winnow.scoring.select import Policy, select
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "smart.json"

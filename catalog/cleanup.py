@@ -1,6 +1,6 @@
 """Remove temporary files that a killed writer left behind.
 
-The writer (``catalog.writer``) writes ``.<name>.<pid>.tmp`` beside the final file and
+The writer (``winnow.catalog.writer``) writes ``.<name>.<pid>.tmp`` beside the final file and
 renames it; a process killed in between (SIGKILL, power loss) leaves the temp file. Readers
 never see it (it is a dot-file not ending in ``.parquet``), and a resumed run writes its own
 temp names, so a leftover is only clutter. This removes the ones whose writer process no

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from catalog.summary import read_run
+from winnow.catalog.summary import read_run
 
 CELL = 96  # pixels per candidate thumbnail
 BORDER = 4

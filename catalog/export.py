@@ -31,7 +31,7 @@ from typing import Literal
 
 import pandas as pd
 
-from catalog.query import CatalogError, score_columns, select_rows
+from winnow.catalog.query import CatalogError, score_columns, select_rows
 
 Format = Literal["imagefolder", "webdataset", "kohya"]
 FORMATS: tuple[str, ...] = ("imagefolder", "webdataset", "kohya")

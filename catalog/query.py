@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from models.errors import WinnowError
+from winnow.models.errors import WinnowError
 
 VIEW = "catalog"
 

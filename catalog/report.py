@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from catalog.query import read_catalog, score_columns
-from catalog.stats import run_stats
+from winnow.catalog.query import read_catalog, score_columns
+from winnow.catalog.stats import run_stats
 
 THUMB = 128  # CSS pixels per thumbnail; larger images are downscaled to this before embedding
 BINS = 20

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from catalog.query import score_columns
+from winnow.catalog.query import score_columns
 
 ALL = "(all runs)"
 

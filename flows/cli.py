@@ -22,8 +22,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from flows.commands import register
-from flows.schedule_cli import register as register_schedule
+from winnow.flows.commands import register
+from winnow.flows.schedule_cli import register as register_schedule
 
 app = typer.Typer(
     help="Generate N candidates per prompt, score them, keep the best, catalog everything.",
@@ -84,8 +84,8 @@ def run(
     ] = None,
 ) -> None:
     """Generate, score and select candidates for every prompt; write the catalog."""
-    from flows.config import load_config
-    from models.errors import WinnowError
+    from winnow.models.errors import WinnowError
+    from winnow.pipeline.config import load_config
 
     overrides = {
         "prompts.path": prompts,
@@ -116,15 +116,15 @@ def run(
         raise typer.Exit(130) from None
     _print_summary(summary)
     if cfg.run.contact_sheet:
-        from catalog.contact_sheet import run_contact_sheet
+        from winnow.catalog.contact_sheet import run_contact_sheet
 
         console.print(f"contact sheet: [bold]{run_contact_sheet(summary.catalog, summary.run_id)}[/]")
     console.print(f"catalog: [bold]{summary.catalog}[/] (run {summary.run_id})")
 
 
 def _run_with_progress(cfg):  # -> RunSummary
-    from flows import progress
-    from flows.curate import run_curate
+    from winnow.flows import progress
+    from winnow.flows.curate import run_curate
 
     columns = (
         TextColumn("[bold]generating"),

@@ -1,6 +1,6 @@
 """CLI commands over an existing catalog: stats, query, regenerate, export, report, score.
 
-Registered into the ``winnow`` app by ``flows.cli`` (``register(app)``). Heavy imports happen
+Registered into the ``winnow`` app by ``winnow.flows.cli`` (``register(app)``). Heavy imports happen
 inside the commands, so ``winnow --help`` stays fast. Errors are one line (``error: ...``,
 exit status 2); ``regenerate`` exits 1 when the image does not match its recorded hash.
 """
@@ -26,7 +26,7 @@ catalog_app = typer.Typer(help="Inspect a catalog: statistics and SQL.", no_args
 
 @contextmanager
 def _one_line_errors() -> Iterator[None]:
-    from models.errors import WinnowError
+    from winnow.models.errors import WinnowError
 
     try:
         yield
@@ -71,8 +71,8 @@ def stats(
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
 ) -> None:
     """Runs, prompts, candidates, kept, acceptance rate, and score distributions per run."""
-    from catalog.query import read_catalog
-    from catalog.stats import run_stats, score_stats
+    from winnow.catalog.query import read_catalog
+    from winnow.catalog.stats import run_stats, score_stats
 
     with _one_line_errors():
         rows = read_catalog(catalog, run)
@@ -109,8 +109,8 @@ def query(
 
     Example: winnow catalog query "select run_id, avg(score_aesthetic) from catalog where kept group by 1"
     """
-    from catalog.query import CatalogError
-    from catalog.query import query as run_query
+    from winnow.catalog.query import CatalogError
+    from winnow.catalog.query import query as run_query
 
     root, sql = _split(args, "SQL")
     with _one_line_errors():
@@ -146,8 +146,8 @@ def regenerate_command(
 
     Exit status 0 on a match, 1 on a mismatch.
     """
-    from catalog.writer import encode_png
-    from flows.regenerate import check_row
+    from winnow.catalog.writer import encode_png
+    from winnow.pipeline.regenerate import check_row
 
     root, candidate = _split(args, "CANDIDATE_ID")
     with _one_line_errors():
@@ -176,7 +176,7 @@ def export_command(
     catalog: Annotated[Path, typer.Argument(help="catalog folder")] = DEFAULT_CATALOG,
 ) -> None:
     """Export rows that have an image file as a training set (images + captions + metadata)."""
-    from catalog.export import export
+    from winnow.catalog.export import export
 
     with _one_line_errors():
         result = export(catalog, format, out, where, kept_only, run, shard_size, repeats, name)
@@ -195,7 +195,7 @@ def report_command(
     max_prompts: Annotated[int, typer.Option(help="prompts shown with thumbnails")] = 200,
 ) -> None:
     """One self-contained HTML page: run summary, score histograms, every candidate by prompt."""
-    from catalog.report import write_report
+    from winnow.catalog.report import write_report
 
     with _one_line_errors():
         path = write_report(catalog, out, run, max_prompts)
@@ -213,8 +213,8 @@ def score_command(
     device: Annotated[str, typer.Option(help="cpu, cuda, ... (default auto)")] = "auto",
 ) -> None:
     """Score existing images with the config's scorers and policy; catalog them as external."""
-    from catalog.external import score_folder
-    from flows.score_config import load_score_config
+    from winnow.pipeline.external import score_folder
+    from winnow.pipeline.score_config import load_score_config
 
     with _one_line_errors():
         cfg = load_score_config(config)

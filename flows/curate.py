@@ -1,6 +1,6 @@
 """The Prefect flow ``curate``: prompts -> shards -> one task per shard -> run summary.
 
-Tasks wrap the plain functions in ``flows.shard``; their inputs are ids and configs.
+Tasks wrap the plain functions in ``winnow.pipeline.shard``; their inputs are ids and configs.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from catalog.cleanup import remove_stale_temps
-from catalog.report import write_report
-from catalog.summary import read_run, score_table
-from flows import progress
-from flows.config import Config
-from flows.prompt_source import choose_prompts
-from flows.ray_runner import check_parts_visible, prepare_worker, ray_task_runner
-from flows.shard import ShardPlan, ShardResult, default_run_id, plan_shards, process_shard
-from models.errors import WinnowError
+from winnow.catalog.cleanup import remove_stale_temps
+from winnow.catalog.report import write_report
+from winnow.catalog.summary import read_run, score_table
+from winnow.flows import progress
+from winnow.flows.ray_runner import check_parts_visible, prepare_worker, ray_task_runner
+from winnow.models.errors import WinnowError
+from winnow.pipeline.config import Config
+from winnow.pipeline.prompt_source import choose_prompts
+from winnow.pipeline.shard import ShardPlan, ShardResult, default_run_id, plan_shards, process_shard
 
 if TYPE_CHECKING:
     from prefect import Task

@@ -1,6 +1,6 @@
 """Write a scheduled run's deployment into a ``prefect.yaml``, for users who run workers.
 
-The entry is the deployment ``flows.schedule.build_deployment`` builds for ``winnow serve``
+The entry is the deployment ``winnow.flows.schedule.build_deployment`` builds for ``winnow serve``
 (same flow, parameters, schedule, tags), plus what a worker needs: a work pool and a pull
 step that sets the working directory, since a config's relative paths are relative to the
 directory ``winnow`` runs in. ``prefect deploy --name NAME`` (or ``--all``) then registers
@@ -18,8 +18,8 @@ import prefect
 from prefect.deployments.runner import RunnerDeployment
 from ruamel.yaml import YAML, YAMLError
 
-from catalog.writer import _atomic_write
-from flows.config import ConfigError
+from winnow.catalog.writer import _atomic_write
+from winnow.pipeline.config import ConfigError
 
 SET_WORKDIR = "prefect.deployments.steps.set_working_directory"
 

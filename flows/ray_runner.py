@@ -37,8 +37,8 @@ from urllib.parse import urlparse
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner
 
-from flows.config import RunnerConfig
-from models.errors import WinnowError, first_line
+from winnow.models.errors import WinnowError, first_line
+from winnow.pipeline.config import RunnerConfig
 
 # Set in the shard tasks' runtime environment only: its presence tells a process it is one of
 # this run's Ray workers, and its value is the driver's working directory.

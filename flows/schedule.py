@@ -24,12 +24,12 @@ from prefect.runtime import flow_run
 from prefect.schedules import Cron
 from pydantic import ValidationError
 
-from catalog.contact_sheet import run_contact_sheet
-from flows.config import Config, ConfigError, load_config
-from flows.curate import RunSummary, run_curate
+from winnow.catalog.contact_sheet import run_contact_sheet
+from winnow.flows.curate import RunSummary, run_curate
+from winnow.pipeline.config import Config, ConfigError, load_config
 
 FLOW_NAME = "curate-scheduled"
-ENTRYPOINT = "flows.schedule.scheduled_curate"  # module path: works wherever winnow is installed
+ENTRYPOINT = "winnow.flows.schedule.scheduled_curate"  # module path: works wherever winnow is installed
 
 
 @flow(name=FLOW_NAME, log_prints=False)

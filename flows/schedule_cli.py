@@ -1,6 +1,6 @@
 """CLI commands for scheduled runs: ``winnow serve`` and ``winnow deploy``.
 
-Registered into the ``winnow`` app by ``flows.cli``. Both check the config and its prompt
+Registered into the ``winnow`` app by ``winnow.flows.cli``. Both check the config and its prompt
 source first (one-line errors, exit status 2), so a bad template or a missing pool file
 shows up now rather than at 3 a.m.
 """
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands import _one_line_errors, err_console
+from winnow.flows.commands import _one_line_errors, err_console
 
 CRON_HELP = 'cron expression, e.g. "0 3 * * *" (03:00 every day)'
 NAME_HELP = "deployment name (default: the config's file name)"
@@ -32,9 +32,9 @@ def serve_command(
     from prefect import serve
     from prefect.settings import PREFECT_API_URL
 
-    from flows.config import ConfigError, load_config
-    from flows.prompt_source import describe
-    from flows.schedule import FLOW_NAME, build_deployment
+    from winnow.flows.schedule import FLOW_NAME, build_deployment
+    from winnow.pipeline.config import ConfigError, load_config
+    from winnow.pipeline.prompt_source import describe
 
     with _one_line_errors():
         if not PREFECT_API_URL.value():
@@ -62,10 +62,10 @@ def deploy_command(
 
     Then: `prefect deploy --name NAME` registers it, and a worker of the pool runs it.
     """
-    from flows.config import load_config
-    from flows.prefect_yaml import deployment_entry, write_entry
-    from flows.prompt_source import describe
-    from flows.schedule import build_deployment
+    from winnow.flows.prefect_yaml import deployment_entry, write_entry
+    from winnow.flows.schedule import build_deployment
+    from winnow.pipeline.config import load_config
+    from winnow.pipeline.prompt_source import describe
 
     with _one_line_errors():
         deployment = build_deployment(config, cron, name, timezone)

@@ -25,9 +25,9 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from models.errors import ModelNotFoundError, WinnowError, first_line
-from models.prune import Prune, pruning_callback
-from models.sources import Source, resolve
+from winnow.models.errors import ModelNotFoundError, WinnowError, first_line
+from winnow.models.prune import Prune, pruning_callback
+from winnow.models.sources import Source, resolve
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from models.errors import WinnowError
+from winnow.models.errors import WinnowError
 
 Judge = Callable[[list[int], torch.Tensor], torch.Tensor]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from models.errors import ModelNotFoundError
+from winnow.models.errors import ModelNotFoundError
 
 BUNDLED_ROOT = Path(__file__).parent / "shapes" / "weights"
 BUNDLED = {

@@ -12,8 +12,8 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from models.assemble import sd_pipeline
-    from models.tokenizer import build_clip_tokenizer
+    from winnow.models.assemble import sd_pipeline
+    from winnow.models.tokenizer import build_clip_tokenizer
 
     out = Path(out_dir)
     torch.manual_seed(seed)

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.errors import ModelNotFoundError, WinnowError
-from models.sources import resolve
-from scoring.base import Candidates, Scorer, ScorerParams, register
-from scoring.clip import ClipSpec, image_embeddings, load_clip
+from winnow.models.errors import ModelNotFoundError, WinnowError
+from winnow.models.sources import resolve
+from winnow.scoring.base import Candidates, Scorer, ScorerParams, register
+from winnow.scoring.clip import ClipSpec, image_embeddings, load_clip
 
 _KEY = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
 
@@ -118,7 +118,7 @@ _LOCK = threading.Lock()
 
 
 def head_path(ref: str) -> Path:
-    """``bundled:NAME`` (via ``models.sources``) or a local file path."""
+    """``bundled:NAME`` (via ``winnow.models.sources``) or a local file path."""
     if ref.startswith("bundled:"):
         return resolve(ref).path
     path = Path(ref).expanduser()

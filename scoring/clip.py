@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from models.errors import ModelNotFoundError, WinnowError
-from models.sources import resolve
-from scoring.base import Candidates
+from winnow.models.errors import ModelNotFoundError, WinnowError
+from winnow.models.sources import resolve
+from winnow.scoring.base import Candidates
 
 if TYPE_CHECKING:
     from collections.abc import Callable

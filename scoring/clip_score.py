@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from scoring.base import Candidates, Scorer, ScorerParams, register
-from scoring.clip import ClipSpec, cosine, image_embeddings, load_clip, text_embeddings
+from winnow.scoring.base import Candidates, Scorer, ScorerParams, register
+from winnow.scoring.clip import ClipSpec, cosine, image_embeddings, load_clip, text_embeddings
 
 
 class ClipScoreParams(ScorerParams):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from scoring.clip import ClipSpec
+from winnow.scoring.clip import ClipSpec
 
 # embed 32, ViT 32x32 px / patch 8 / 2 layers / 2 heads, text 2 layers / 2 heads. The token
 # table (49,408 x 32) dominates the ~6.5 MB checkpoint; the vocabulary must stay OpenAI's so

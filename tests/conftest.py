@@ -33,21 +33,21 @@ def shared() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models.testing import build_tiny_pipeline
+    from winnow.models.testing import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"))
 
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory):
-    from scoring.testing import build_tiny_clip
+    from winnow.scoring.testing import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 @pytest.fixture(scope="session")
 def tiny_head(tmp_path_factory: pytest.TempPathFactory, tiny_clip) -> Path:
-    from scoring.testing import build_tiny_aesthetic_head
+    from winnow.scoring.testing import build_tiny_aesthetic_head
 
     path = tmp_path_factory.mktemp("tiny-head") / "head.safetensors"
     build_tiny_aesthetic_head(path, dim=32)  # TINY_CLIP_CONFIG embed_dim

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows import progress
-from flows.config import ConfigError, load_config
-from flows.prompts import read_prompts
-from flows.regenerate import check_row
-from flows.shard import plan_shards, process_shard
+from winnow.flows import progress
+from winnow.pipeline.config import ConfigError, load_config
+from winnow.pipeline.prompts import read_prompts
+from winnow.pipeline.regenerate import check_row
+from winnow.pipeline.shard import plan_shards, process_shard
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a cat", "a dog"]
 MIN, MAX = 2, 6

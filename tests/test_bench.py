@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from models.generator import Generator, Request
+from winnow.models.generator import Generator, Request
 
 
 def test_cpu_bench_reports_three_loops_and_ratios(tmp_path, monkeypatch):

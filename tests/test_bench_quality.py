@@ -2,7 +2,7 @@
 
 import pytest
 
-from models.sources import BUNDLED
+from winnow.models.sources import BUNDLED
 
 pytestmark = pytest.mark.skipif(
     not (BUNDLED["shapes-sd"] / "model_index.json").exists(),

@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from catalog.query import VIEW, connect, part_files, read_catalog
-from flows.cli import app
-from flows.config import Config
-from flows.prompts import read_prompts
-from flows.shard import plan_shards, process_shard
+from winnow.catalog.query import VIEW, connect, part_files, read_catalog
+from winnow.flows.cli import app
+from winnow.pipeline.config import Config
+from winnow.pipeline.prompts import read_prompts
+from winnow.pipeline.shard import plan_shards, process_shard
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 

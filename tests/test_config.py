@@ -2,8 +2,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.config import ConfigError, load_config
+from winnow.flows.cli import app
+from winnow.pipeline.config import ConfigError, load_config
 
 
 def edit(path, change):

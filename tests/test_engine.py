@@ -8,15 +8,15 @@ import pandas as pd
 import pytest
 import torch
 
-import models.generator as generator_module
-from flows.config import load_config
-from flows.engine import run_shard
-from flows.prompts import read_prompts
-from flows.regenerate import read_png, regenerate
-from flows.shard import plan_shards, process_shard
-from models.errors import WinnowError
-from models.generator import Generator, GeneratorParams, Request, candidate_seed, load_pipeline
-from scoring.select import select
+import winnow.models.generator as generator_module
+from winnow.models.errors import WinnowError
+from winnow.models.generator import Generator, GeneratorParams, Request, candidate_seed, load_pipeline
+from winnow.pipeline.config import load_config
+from winnow.pipeline.engine import run_shard
+from winnow.pipeline.prompts import read_prompts
+from winnow.pipeline.regenerate import read_png, regenerate
+from winnow.pipeline.shard import plan_shards, process_shard
+from winnow.scoring.select import select
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 

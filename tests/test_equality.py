@@ -29,7 +29,7 @@ def _rows(runs: Path) -> pd.DataFrame:
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_catalog_written_now_equals_the_one_written_before(tmp_path: Path, monkeypatch) -> None:
-    from flows.cli import app
+    from winnow.flows.cli import app
 
     for name in ("config.yaml", "prompts.txt"):
         shutil.copy(BEFORE / name, tmp_path / name)

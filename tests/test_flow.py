@@ -13,15 +13,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from catalog.schema import SCHEMA_VERSION
-from catalog.writer import encode_png
-from flows.cli import app
-from flows.config import load_config
-from flows.curate import run_curate
-from flows.prompts import read_prompts
-from flows.regenerate import regenerate
-from flows.shard import default_run_id
-from models.sources import resolve
+from winnow.catalog.schema import SCHEMA_VERSION
+from winnow.catalog.writer import encode_png
+from winnow.flows.cli import app
+from winnow.flows.curate import run_curate
+from winnow.models.sources import resolve
+from winnow.pipeline.config import load_config
+from winnow.pipeline.prompts import read_prompts
+from winnow.pipeline.regenerate import regenerate
+from winnow.pipeline.shard import default_run_id
 
 PROMPTS = ["a red circle", "a blue square on a white background", "a cat", "a dog", "a tree"]
 

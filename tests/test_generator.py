@@ -2,7 +2,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from models.generator import Generator, GeneratorParams, Request, candidate_seed, pick_device
+from winnow.models.generator import Generator, GeneratorParams, Request, candidate_seed, pick_device
 
 
 def test_candidate_seeds_are_deterministic_and_distinct():

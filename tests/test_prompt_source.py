@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows.config import Config, ConfigError, load_config
-from flows.prompt_source import MAX_EXPANSIONS, PromptSourceError, choose_prompts, describe
-from flows.prompts import prompt_id, read_prompts
+from winnow.pipeline.config import Config, ConfigError, load_config
+from winnow.pipeline.prompt_source import MAX_EXPANSIONS, PromptSourceError, choose_prompts, describe
+from winnow.pipeline.prompts import prompt_id, read_prompts
 
 POOL = [f"prompt number {i}" for i in range(20)]
 

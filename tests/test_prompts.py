@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from flows.prompts import PromptFileError, read_prompts
+from winnow.pipeline.prompts import PromptFileError, read_prompts
 
 
 def test_txt_skips_blank_and_comment_lines(tmp_path):

@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from flows.config import ConfigError, load_config
-from flows.prompts import read_prompts
-from flows.regenerate import check_row, read_png
-from flows.shard import default_run_id, plan_shards, process_shard
-from models.errors import ModelNotFoundError, WinnowError
-from models.generator import Generator, GeneratorParams, Request, load_pipeline
-from models.prune import Prune
-from models.testing import build_tiny_preview
+from winnow.models.errors import ModelNotFoundError, WinnowError
+from winnow.models.generator import Generator, GeneratorParams, Request, load_pipeline
+from winnow.models.prune import Prune
+from winnow.models.testing import build_tiny_preview
+from winnow.pipeline.config import ConfigError, load_config
+from winnow.pipeline.prompts import read_prompts
+from winnow.pipeline.regenerate import check_row, read_png
+from winnow.pipeline.shard import default_run_id, plan_shards, process_shard
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 REQUESTS = [Request(p, "", 100 + i) for i, p in enumerate(["a", "b", "c", "d", "e"])]

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from catalog.query import read_catalog
-from flows.cli import app
-from flows.config import load_config
-from flows.curate import run_curate
+from winnow.catalog.query import read_catalog
+from winnow.flows.cli import app
+from winnow.flows.curate import run_curate
+from winnow.pipeline.config import load_config
 
 CHROMIUM_FLAGS = [
     "--headless",

@@ -1,7 +1,7 @@
 """Crash safety: `winnow run` killed with SIGKILL at several points, then resumed, and run
 concurrently with itself and with another run, leaves a catalog equal to an uninterrupted one.
 
-Each `winnow run` is a real process running the real CLI (``flows.cli.app``). To spare the
+Each `winnow run` is a real process running the real CLI (``winnow.flows.cli.app``). To spare the
 ~12 s of imports and the model loading per process on this small machine, processes are
 forked from one "fork server" that imported torch/diffusers/Prefect and loaded the tiny
 models (with one torch thread, so no thread pool exists at fork time); children talk to the
@@ -36,9 +36,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from catalog.cleanup import remove_stale_temps
-from catalog.query import read_catalog
-from flows.prompts import read_prompts
+from winnow.catalog.cleanup import remove_stale_temps
+from winnow.catalog.query import read_catalog
+from winnow.pipeline.prompts import read_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle", "a blue square", "a green star", "a pink cube", "a gray dot", "a teal ring"]
@@ -47,7 +47,7 @@ VOLATILE = ["run_id", "image_path", "created_at", "generation_seconds", "scoring
 FORK_SERVER = r"""
 import json, os, signal, sys, time, traceback
 import torch, diffusers, open_clip  # noqa: F401  imported once, before any fork
-import flows.cli, flows.curate  # noqa: F401
+import winnow.flows.cli, winnow.flows.curate  # noqa: F401
 
 def install_kill(kill):
     real, pngs = os.replace, [0]
@@ -74,9 +74,9 @@ def install_kill(kill):
 def warm(path):
     # Load the run's models once, here, so children find them in the process caches (as later
     # shards of one run do). One torch thread: no OpenMP pool exists when the children fork.
-    from flows.config import load_config
-    from models.generator import load_pipeline
-    from scoring.base import build_scorers
+    from winnow.pipeline.config import load_config
+    from winnow.models.generator import load_pipeline
+    from winnow.scoring.base import build_scorers
 
     torch.set_num_threads(1)
     config = load_config(path)
@@ -103,7 +103,7 @@ for line in sys.stdin:
     install_kill(job["kill"])
     code = 1
     try:
-        flows.cli.app(job["args"], prog_name="winnow")
+        winnow.flows.cli.app(job["args"], prog_name="winnow")
     except SystemExit as exit:
         code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
     except BaseException:

@@ -25,13 +25,13 @@ import yaml
 from prefect.states import Failed
 from typer.testing import CliRunner
 
-from catalog.query import read_catalog
-from flows.cli import app, quiet_libraries
-from flows.config import ConfigError, RunnerConfig, load_config
-from flows.curate import _retryable, run_curate
-from flows.prompts import read_prompts
-from flows.ray_runner import RayRunnerError, check_api_reachable, cuda_index, task_options
-from models.errors import ModelNotFoundError
+from winnow.catalog.query import read_catalog
+from winnow.flows.cli import app, quiet_libraries
+from winnow.flows.curate import _retryable, run_curate
+from winnow.flows.ray_runner import RayRunnerError, check_api_reachable, cuda_index, task_options
+from winnow.models.errors import ModelNotFoundError
+from winnow.pipeline.config import ConfigError, RunnerConfig, load_config
+from winnow.pipeline.prompts import read_prompts
 
 PROMPTS = [f"a {c} {s}" for c in ("red", "green", "blue", "pink") for s in ("circle", "square", "star")]
 SHARDS = 4  # 12 prompts, 3 per shard: more shards than workers

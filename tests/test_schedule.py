@@ -12,10 +12,10 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.config import ConfigError
-from flows.prompt_source import PromptSourceError
-from flows.schedule import FLOW_NAME, build_deployment, scheduled_curate
+from winnow.flows.cli import app
+from winnow.flows.schedule import FLOW_NAME, build_deployment, scheduled_curate
+from winnow.pipeline.config import ConfigError
+from winnow.pipeline.prompt_source import PromptSourceError
 
 POOL = ["a red circle", "a blue square", "a cat", "a dog", "a green triangle"]
 RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")

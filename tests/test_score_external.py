@@ -12,10 +12,10 @@ import pandas as pd
 from PIL import Image
 from typer.testing import CliRunner
 
-from catalog.external import find_images
-from catalog.query import read_catalog
-from catalog.report import render
-from flows.cli import app
+from winnow.catalog.query import read_catalog
+from winnow.catalog.report import render
+from winnow.flows.cli import app
+from winnow.pipeline.external import find_images
 
 
 def noise(path: Path, size: tuple[int, int], seed: int) -> Path:

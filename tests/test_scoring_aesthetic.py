@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from models.errors import ModelNotFoundError
-from models.sources import BUNDLED
-from scoring.aesthetic import AestheticHead, AestheticScorer, HeadFormatError
-from scoring.base import REGISTRY, Candidates
-from scoring.clip import ClipSpec, encode_images, load_clip
-from scoring.clip_score import ClipScoreScorer
-from scoring.testing import build_tiny_aesthetic_head, build_tiny_clip
+from winnow.models.errors import ModelNotFoundError
+from winnow.models.sources import BUNDLED
+from winnow.scoring.aesthetic import AestheticHead, AestheticScorer, HeadFormatError
+from winnow.scoring.base import REGISTRY, Candidates
+from winnow.scoring.clip import ClipSpec, encode_images, load_clip
+from winnow.scoring.clip_score import ClipScoreScorer
+from winnow.scoring.testing import build_tiny_aesthetic_head, build_tiny_clip
 
 CPU = torch.device("cpu")
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -13,11 +13,11 @@ import torchvision.transforms.functional as TF
 from open_clip.transform import PreprocessCfg, center_crop_or_pad, image_transform_v2
 from pydantic import ValidationError
 
-import scoring.clip as clip_module
-from models.errors import ModelNotFoundError
-from models.sources import BUNDLED
-from scoring.base import Candidates, ScorerConfigError, build_scorers
-from scoring.clip import (
+import winnow.scoring.clip as clip_module
+from winnow.models.errors import ModelNotFoundError
+from winnow.models.sources import BUNDLED
+from winnow.scoring.base import Candidates, ScorerConfigError, build_scorers
+from winnow.scoring.clip import (
     ClipLoadError,
     ClipSpec,
     LoadedClip,
@@ -28,7 +28,7 @@ from scoring.clip import (
     preprocess,
     text_embeddings,
 )
-from scoring.testing import TINY_CLIP_CONFIG, build_tiny_clip
+from winnow.scoring.testing import TINY_CLIP_CONFIG, build_tiny_clip
 
 CPU = torch.device("cpu")
 

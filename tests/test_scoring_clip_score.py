@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from pydantic import ValidationError
 
-from scoring.base import REGISTRY, Candidates, build_scorers
-from scoring.clip import ClipSpec
-from scoring.clip_score import ClipScoreScorer
-from scoring.testing import build_tiny_clip
+from winnow.scoring.base import REGISTRY, Candidates, build_scorers
+from winnow.scoring.clip import ClipSpec
+from winnow.scoring.clip_score import ClipScoreScorer
+from winnow.scoring.testing import build_tiny_clip
 
 CPU = torch.device("cpu")
 PROMPTS = ["a red circle", "a blue square on a gray background", "a green triangle", "a cat"]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from scoring.select import Policy, Selection, select
+from winnow.scoring.select import Policy, Selection, select
 
 # ---------------------------------------------------------------------------- examples
 

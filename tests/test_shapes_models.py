@@ -1,5 +1,5 @@
 """The shipped shapes models load through the real library entry points and meet a reduced
-quality bar (the full bar is measured by ``models.shapes.evaluate`` / the core's bench)."""
+quality bar (the full bar is measured by ``winnow.models.shapes.evaluate`` / the core's bench)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.shapes import evaluate as ev
-from models.shapes.world import SIZE
-from models.sources import BUNDLED, BUNDLED_ROOT
+from winnow.models.shapes import evaluate as ev
+from winnow.models.shapes.world import SIZE
+from winnow.models.sources import BUNDLED, BUNDLED_ROOT
 
 SD_DIR = BUNDLED["shapes-sd"]
 
@@ -23,9 +23,9 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def models() -> tuple:
     """(pipeline, CLIP spec, aesthetic head), loaded the way a winnow run loads them."""
-    from models.generator import GeneratorParams, load_pipeline
-    from scoring.aesthetic import load_head
-    from scoring.clip import ClipSpec
+    from winnow.models.generator import GeneratorParams, load_pipeline
+    from winnow.scoring.aesthetic import load_head
+    from winnow.scoring.clip import ClipSpec
 
     torch.manual_seed(0)
     pipe = load_pipeline(GeneratorParams(model="bundled:shapes-sd", device="cpu"))
@@ -76,7 +76,7 @@ def test_aesthetic_tracks_degradation(models: tuple) -> None:
 
 
 def test_preview_decoder_follows_the_vae(models: tuple) -> None:
-    from models.generator import GeneratorParams, load_preview_decoder
+    from winnow.models.generator import GeneratorParams, load_preview_decoder
 
     params = GeneratorParams(model="bundled:shapes-sd", device="cpu")
     preview = load_preview_decoder("bundled:shapes-preview", params)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.shapes import oracle
-from models.shapes.degrade import KINDS, degrade, quality
-from models.shapes.world import (
+from winnow.models.shapes import oracle
+from winnow.models.shapes.degrade import KINDS, degrade, quality
+from winnow.models.shapes.world import (
     BACKGROUNDS,
     COLOURS,
     MAX_SPAN,

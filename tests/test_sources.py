@@ -2,9 +2,9 @@ import time
 
 import pytest
 
-from models.errors import ModelNotFoundError
-from models.generator import GeneratorParams, load_pipeline
-from models.sources import resolve
+from winnow.models.errors import ModelNotFoundError
+from winnow.models.generator import GeneratorParams, load_pipeline
+from winnow.models.sources import resolve
 
 
 def test_local_dir_and_fingerprint(tiny_sd):

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from flows.templates import Choice, TemplateError, expand, parse, resolve
+from winnow.pipeline.templates import Choice, TemplateError, expand, parse, resolve
 
 
 def texts(template: str, folder=None) -> list[str]:

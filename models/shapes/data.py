@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from models.shapes.world import Scene, all_captions, all_scenes, render_batch
+from winnow.models.shapes.world import Scene, all_captions, all_scenes, render_batch
 
 FULL_CAPTIONS: list[str] = all_captions(short=False)  # 69, index = scene index
 SHORT_CAPTIONS: list[str] = all_captions(short=True)[len(FULL_CAPTIONS) :]  # 18
@@ -52,9 +52,9 @@ def from_signed(x: torch.Tensor) -> np.ndarray:
 
 def clip_input(images: np.ndarray) -> torch.Tensor:
     """uint8 ``(N, 32, 32, 3)`` -> normalised float ``(N, 3, 32, 32)``: what open_clip's
-    preprocess (and ``scoring.clip.preprocess``) makes of 32x32 images with the default
+    preprocess (and ``winnow.scoring.clip.preprocess``) makes of 32x32 images with the default
     OpenAI mean/std, which the shapes CLIP's config keeps. Training only; inference goes
-    through ``scoring.clip``."""
+    through ``winnow.scoring.clip``."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
     mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)

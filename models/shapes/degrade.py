@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.shapes.world import BACKGROUNDS, COLOURS
+from winnow.models.shapes.world import BACKGROUNDS, COLOURS
 
 KINDS: tuple[str, ...] = ("blur", "noise", "jitter", "occlusion", "distortion")
 

@@ -17,16 +17,16 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline
 
-from models.shapes import oracle
-from models.shapes.data import FULL_CAPTIONS, render_pool
-from models.shapes.degrade import degrade_batch
-from models.shapes.train_preview import collect_latents, vae_decode
-from models.shapes.train_vae import reconstruct
-from models.shapes.world import all_scenes
-from scoring.aesthetic import AestheticHead
-from scoring.base import Candidates
-from scoring.clip import ClipSpec, encode_images, encode_texts
-from scoring.clip_score import ClipScoreParams, ClipScoreScorer
+from winnow.models.shapes import oracle
+from winnow.models.shapes.data import FULL_CAPTIONS, render_pool
+from winnow.models.shapes.degrade import degrade_batch
+from winnow.models.shapes.train_preview import collect_latents, vae_decode
+from winnow.models.shapes.train_vae import reconstruct
+from winnow.models.shapes.world import all_scenes
+from winnow.scoring.aesthetic import AestheticHead
+from winnow.scoring.base import Candidates
+from winnow.scoring.clip import ClipSpec, encode_images, encode_texts
+from winnow.scoring.clip_score import ClipScoreParams, ClipScoreScorer
 
 EVAL_SEED = 10_000  # renders used for evaluation come from seeds no training stage uses
 CPU = torch.device("cpu")

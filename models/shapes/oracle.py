@@ -21,7 +21,7 @@ from typing import Final, Literal
 import numpy as np
 from PIL import Image
 
-from models.shapes.world import BACKGROUNDS, COLOURS, SHAPES, SIZE, parse_caption, shape_mask
+from winnow.models.shapes.world import BACKGROUNDS, COLOURS, SHAPES, SIZE, parse_caption, shape_mask
 
 UNREADABLE: Final = "unreadable"
 Reading = tuple[str, str, str] | Literal["unreadable"]

@@ -1,7 +1,7 @@
 """Train every bundled shapes model, in order, and write ``models/shapes/weights``.
 
-    python -m models.shapes.train            # full run (seeded, CPU, ~46 min on 2 free cores)
-    python -m models.shapes.train --scale 0.005 --stop export \
+    python -m winnow.models.shapes.train            # full run (seeded, CPU, ~46 min on 2 free cores)
+    python -m winnow.models.shapes.train --scale 0.005 --stop export \
         --work /tmp/shapes-smoke --out /tmp/shapes-smoke/out        # smoke test (~3 min)
 
 Stages (each checkpointed under ``--work`` so a later stage can be re-run with ``--start``):
@@ -31,20 +31,20 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionPipeline
 
-from models.generator import GeneratorParams, load_pipeline
-from models.shapes import evaluate as ev
-from models.shapes import oracle
-from models.shapes.data import FULL_CAPTIONS, SCENE_INDEX, SHORT_CAPTIONS, render_pool, seed_everything
-from models.shapes.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
-from models.shapes.train_aesthetic import AestheticConfig, save_aesthetic, train_aesthetic
-from models.shapes.train_clip import ClipConfig, save_clip, train_clip
-from models.shapes.train_diffusion import DiffusionConfig, make_pipeline, train_diffusion
-from models.shapes.train_preview import PreviewConfig, train_preview
-from models.shapes.train_vae import DecoderConfig, VaeConfig, finetune_decoder, reconstruct, train_vae
-from models.sources import BUNDLED_ROOT
-from models.tokenizer import build_clip_tokenizer
-from scoring.aesthetic import AestheticHead
-from scoring.clip import ClipSpec, clear_cache
+from winnow.models.generator import GeneratorParams, load_pipeline
+from winnow.models.shapes import evaluate as ev
+from winnow.models.shapes import oracle
+from winnow.models.shapes.data import FULL_CAPTIONS, SCENE_INDEX, SHORT_CAPTIONS, render_pool, seed_everything
+from winnow.models.shapes.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
+from winnow.models.shapes.train_aesthetic import AestheticConfig, save_aesthetic, train_aesthetic
+from winnow.models.shapes.train_clip import ClipConfig, save_clip, train_clip
+from winnow.models.shapes.train_diffusion import DiffusionConfig, make_pipeline, train_diffusion
+from winnow.models.shapes.train_preview import PreviewConfig, train_preview
+from winnow.models.shapes.train_vae import DecoderConfig, VaeConfig, finetune_decoder, reconstruct, train_vae
+from winnow.models.sources import BUNDLED_ROOT
+from winnow.models.tokenizer import build_clip_tokenizer
+from winnow.scoring.aesthetic import AestheticHead
+from winnow.scoring.clip import ClipSpec, clear_cache
 
 STAGES = ("vae", "diffusion", "decoder", "samples", "clip", "aesthetic", "export", "preview", "evaluate")
 SEED = 1234

@@ -1,9 +1,9 @@
 """Stage 6: the LAION-layout aesthetic head on the shapes CLIP's image embeddings.
 
-The head is ``scoring.aesthetic.AestheticHead`` (the class winnow's aesthetic scorer loads)
+The head is ``winnow.scoring.aesthetic.AestheticHead`` (the class winnow's aesthetic scorer loads)
 with the LAION key layout (``layers.0`` Linear, ``layers.1`` Dropout, ..., ``layers.6`` and
 ``layers.7`` Linear, no activations) and smaller widths. It is fitted on the embeddings
-``scoring.clip`` computes from the saved CLIP checkpoint, i.e. exactly what the scorer will
+``winnow.scoring.clip`` computes from the saved CLIP checkpoint, i.e. exactly what the scorer will
 feed it, and predicts ``quality(level) = 10 - 9 * level`` of the synthetic degradations
 (1-10, higher = better, 10 = clean).
 """
@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from models.shapes.data import Log
-from models.shapes.degrade import quality
-from models.shapes.evaluate import CPU, as_tensor, degraded_set
-from scoring.aesthetic import AestheticHead
-from scoring.clip import ClipSpec, encode_images
+from winnow.models.shapes.data import Log
+from winnow.models.shapes.degrade import quality
+from winnow.models.shapes.evaluate import CPU, as_tensor, degraded_set
+from winnow.scoring.aesthetic import AestheticHead
+from winnow.scoring.clip import ClipSpec, encode_images
 
 
 @dataclass(frozen=True)

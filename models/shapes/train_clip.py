@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from models.shapes.data import (
+from winnow.models.shapes.data import (
     FULL_CAPTIONS,
     SHORT_CAPTIONS,
     SHORT_OF_FULL,
@@ -32,7 +32,7 @@ from models.shapes.data import (
     clip_input,
     cosine_lr,
 )
-from models.shapes.degrade import degrade_batch
+from winnow.models.shapes.degrade import degrade_batch
 
 CLIP_CONFIG: dict[str, Any] = {
     "embed_dim": 64,

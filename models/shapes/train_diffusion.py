@@ -22,15 +22,15 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from models.assemble import sd_pipeline
-from models.shapes.data import (
+from winnow.models.assemble import sd_pipeline
+from winnow.models.shapes.data import (
     FULL_CAPTIONS,
     SHORT_CAPTIONS,
     SHORT_OF_FULL,
     Log,
     cosine_lr,
 )
-from models.shapes.train_vae import encode_posterior
+from winnow.models.shapes.train_vae import encode_posterior
 
 TEXT_DIM = 64  # text encoder width = UNet cross-attention dim
 BOS, EOS = 49406, 49407  # CLIP's start/end-of-text token ids

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderTiny, DiffusionPipeline
 
-from models.prune import StepRecorder
-from models.shapes.data import cosine_lr
+from winnow.models.prune import StepRecorder
+from winnow.models.shapes.data import cosine_lr
 
 Log = Callable[[str], None]
 

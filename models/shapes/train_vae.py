@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from models.shapes.data import Log, cosine_lr, to_signed
+from winnow.models.shapes.data import Log, cosine_lr, to_signed
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def train_vae(images: np.ndarray, cfg: VaeConfig, device: torch.device, log: Log
 @torch.no_grad()
 def reconstruct(vae: AutoencoderKL, images: np.ndarray, batch: int = 256) -> np.ndarray:
     """Round-trip uint8 images through the VAE (posterior mean), returning uint8 images."""
-    from models.shapes.data import from_signed
+    from winnow.models.shapes.data import from_signed
 
     device = next(vae.parameters()).device
     out = []

@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from catalog.writer import image_relpath, write_png
-from flows.config import Config
-from flows.prompts import Prompt
-from models.generator import Batch, Generator, Request, candidate_seed, to_pixels
-from models.prune import Prune
-from scoring.base import Candidates, build_scorers
-from scoring.select import select
+from winnow.catalog.writer import image_relpath, write_png
+from winnow.models.generator import Batch, Generator, Request, candidate_seed, to_pixels
+from winnow.models.prune import Prune
+from winnow.pipeline.config import Config
+from winnow.pipeline.prompts import Prompt
+from winnow.scoring.base import Candidates, build_scorers
+from winnow.scoring.select import select
 
 PRUNED = "pruned_at_step"
 

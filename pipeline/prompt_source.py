@@ -1,8 +1,8 @@
 """A run's prompts, from the config's ``prompts`` section: a prompt file, a pool or a template.
 
-- ``path``: every prompt of a prompt file (``flows.prompts``), as written.
+- ``path``: every prompt of a prompt file (``winnow.pipeline.prompts``), as written.
 - ``pool``: ``sample`` prompts of a large prompt file that are not in the catalog yet.
-- ``template``: every expansion of a template (``flows.templates``), or ``sample`` of them
+- ``template``: every expansion of a template (``winnow.pipeline.templates``), or ``sample`` of them
   that are not in the catalog yet.
 
 "Not in the catalog yet" compares prompt ids (content hashes), leaving out the rows of the
@@ -18,11 +18,11 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from catalog.query import prompt_ids
-from flows.config import Config, PromptsConfig
-from flows.prompts import Prompt, prompt_id, read_prompts
-from flows.templates import Sequence, expand, parse, resolve
-from models.errors import WinnowError
+from winnow.catalog.query import prompt_ids
+from winnow.models.errors import WinnowError
+from winnow.pipeline.config import Config, PromptsConfig
+from winnow.pipeline.prompts import Prompt, prompt_id, read_prompts
+from winnow.pipeline.templates import Sequence, expand, parse, resolve
 
 MAX_EXPANSIONS = 100_000  # above this a template must be sampled, and is sampled by drawing
 DRAWS_PER_PROMPT = 50  # random draws allowed per wanted prompt when sampling a huge template

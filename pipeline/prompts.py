@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from models.errors import WinnowError, first_line
+from winnow.models.errors import WinnowError, first_line
 
 SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")
 

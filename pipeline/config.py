@@ -26,11 +26,11 @@ from pydantic import (
     model_validator,
 )
 
-from flows.templates import TemplateError, parse
-from models.errors import WinnowError
-from models.generator import GeneratorParams
-from scoring.base import REGISTRY
-from scoring.select import Policy
+from winnow.models.errors import WinnowError
+from winnow.models.generator import GeneratorParams
+from winnow.pipeline.templates import TemplateError, parse
+from winnow.scoring.base import REGISTRY
+from winnow.scoring.select import Policy
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -41,11 +41,11 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from catalog.schema import SCHEMA_VERSION, schema, score_column
-from catalog.writer import _atomic_write, part_path, write_part
-from models.errors import WinnowError
-from scoring.base import Candidates, build_scorers
-from scoring.select import Policy, select
+from winnow.catalog.schema import SCHEMA_VERSION, schema, score_column
+from winnow.catalog.writer import _atomic_write, part_path, write_part
+from winnow.models.errors import WinnowError
+from winnow.scoring.base import Candidates, build_scorers
+from winnow.scoring.select import Policy, select
 
 SIDECAR_SUFFIXES = {".txt", ".caption"}
 BATCH = 16  # images per scorer call (images of one size)
@@ -77,7 +77,7 @@ class ScoreResult:
 
 
 def prompt_id(text: str, negative: str = "") -> str:
-    """The same content hash ``flows.prompts`` gives a prompt."""
+    """The same content hash ``winnow.pipeline.prompts`` gives a prompt."""
     return hashlib.blake2b(f"{text}\x1f{negative}".encode(), digest_size=8).hexdigest()
 
 

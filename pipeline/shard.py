@@ -19,12 +19,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from catalog.schema import SCHEMA_VERSION, schema, score_column
-from catalog.writer import part_path, write_part
-from flows.config import Config
-from flows.engine import Progress, run_shard
-from flows.prompts import Prompt
-from models.sources import resolve
+from winnow.catalog.schema import SCHEMA_VERSION, schema, score_column
+from winnow.catalog.writer import part_path, write_part
+from winnow.models.sources import resolve
+from winnow.pipeline.config import Config
+from winnow.pipeline.engine import Progress, run_shard
+from winnow.pipeline.prompts import Prompt
 
 # Catalog columns taken as they are from the engine's rows.
 ROW_COLUMNS = (

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from models.errors import WinnowError
+from winnow.models.errors import WinnowError
 
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 SPECIAL = "{}|\\"

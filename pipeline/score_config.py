@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flows.config import RunConfig, check_scorers, read_yaml, validate
-from scoring.select import Policy
+from winnow.pipeline.config import RunConfig, check_scorers, read_yaml, validate
+from winnow.scoring.select import Policy
 
 
 class ScoreConfig(BaseModel):

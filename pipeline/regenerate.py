@@ -11,12 +11,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from catalog.writer import encode_png
-from flows.engine import PRUNED
-from models.errors import WinnowError
-from models.generator import Generator, GeneratorParams, Request, to_uint8
-from models.prune import Prune
-from models.sources import resolve
+from winnow.catalog.writer import encode_png
+from winnow.models.errors import WinnowError
+from winnow.models.generator import Generator, GeneratorParams, Request, to_uint8
+from winnow.models.prune import Prune
+from winnow.models.sources import resolve
+from winnow.pipeline.engine import PRUNED
 
 
 def regenerate(shard_rows: pd.DataFrame, candidate_id: str) -> np.ndarray:
@@ -92,7 +92,7 @@ class Check:
 def check_row(root: str | Path, candidate_id: str, run_id: str | None = None) -> Check:
     """Regenerate ``candidate_id`` (of ``run_id``, needed only when several runs hold it) from
     what the catalog at ``root`` records, and hash it as the writer would."""
-    from catalog.query import read_catalog
+    from winnow.catalog.query import read_catalog
 
     rows = read_catalog(root, run_id)
     match = rows[rows["candidate_id"] == candidate_id]

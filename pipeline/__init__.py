@@ -1,0 +1,1 @@
+"""The engine: prompt sources -> generate -> score -> select -> write. No Prefect here."""
