@@ -31,7 +31,9 @@ def image_relpath(run_id: str, candidate_id: str) -> str:
     return f"images/{run_id}/{candidate_id}.png"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a hidden temporary file in the same folder and a rename,
+    so readers see the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -54,7 +56,7 @@ def encode_png(pixels: np.ndarray) -> bytes:
 def write_png(root: Path, relpath: str, pixels: np.ndarray) -> str:
     """Write an (H, W, 3) uint8 image as PNG at ``root/relpath``; return the file's sha256."""
     data = encode_png(pixels)
-    _atomic_write(root / relpath, data)
+    atomic_write(root / relpath, data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -62,4 +64,4 @@ def write_part(path: Path, table: pa.Table) -> None:
     """Write one shard's rows as a Parquet part, atomically."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    _atomic_write(path, sink.getvalue().to_pybytes())
+    atomic_write(path, sink.getvalue().to_pybytes())

@@ -18,7 +18,7 @@ import prefect
 from prefect.deployments.runner import RunnerDeployment
 from ruamel.yaml import YAML, YAMLError
 
-from winnow.catalog.writer import _atomic_write
+from winnow.catalog.writer import atomic_write
 from winnow.pipeline.config import ConfigError
 
 SET_WORKDIR = "prefect.deployments.steps.set_working_directory"
@@ -77,5 +77,5 @@ def write_entry(file: Path, entry: dict[str, Any]) -> str:
     data["deployments"] = deployments
     out = io.StringIO()
     yaml.dump(data, out)
-    _atomic_write(file, out.getvalue().encode())
+    atomic_write(file, out.getvalue().encode())
     return action

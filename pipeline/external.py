@@ -42,7 +42,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from winnow.catalog.schema import SCHEMA_VERSION, schema, score_column
-from winnow.catalog.writer import _atomic_write, part_path, write_part
+from winnow.catalog.writer import atomic_write, part_path, write_part
 from winnow.models.errors import WinnowError
 from winnow.scoring.base import Candidates, build_scorers
 from winnow.scoring.select import Policy, select
@@ -239,7 +239,7 @@ def _score_shard(
         if chosen.kept[k] or save_rejected:
             rel = f"images/{run_id}/{candidate_ids[k]}{f.path.suffix.lower()}"
             data = f.path.read_bytes()
-            _atomic_write(root / rel, data)
+            atomic_write(root / rel, data)
             paths.append(rel)
             hashes.append(hashlib.sha256(data).hexdigest())
         else:
