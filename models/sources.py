@@ -45,7 +45,7 @@ class Source:
     fingerprint: str  # hub commit sha, or a content hash of local files (16 hex chars)
 
 
-def _fingerprint(path: Path) -> str:
+def fingerprint(path: Path) -> str:
     """Hash of a file or folder: contents of files up to 64 MiB, (name, size) of bigger ones."""
     digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
@@ -77,13 +77,13 @@ def resolve(ref: str, pipeline: bool = True) -> Source:
         path = BUNDLED[name]
         if not path.exists():
             raise ModelNotFoundError(f"bundled model {name!r} is missing at {path}; run `make train-shapes`")
-        return Source(ref, "bundled", path, _fingerprint(path))
+        return Source(ref, "bundled", path, fingerprint(path))
     path = Path(ref).expanduser()
     if path.exists():
         if path.is_dir():
-            return Source(ref, "local_dir", path, _fingerprint(path))
+            return Source(ref, "local_dir", path, fingerprint(path))
         if path.suffix in _SINGLE_FILE_SUFFIXES:
-            return Source(ref, "single_file", path, _fingerprint(path))
+            return Source(ref, "single_file", path, fingerprint(path))
         raise ModelNotFoundError(
             f"model file {ref!r} is not a checkpoint (expected {sorted(_SINGLE_FILE_SUFFIXES)})"
         )
