@@ -109,9 +109,8 @@ def notebook(work: Workload) -> None:
 
     cfg, gen = work.config, work.config.generator
     pipe = load_pipeline(gen)
-    spec = cfg.scorers["clip_score"]["clip"]
-    clip = load_clip(_spec(spec), Generator(gen).device)
-    head = load_head(cfg.scorers["aesthetic"]["head"], clip.device)
+    clip = load_clip(cfg.scorers["clip_score"].clip, Generator(gen).device)
+    head = load_head(cfg.scorers["aesthetic"].head, clip.device)
     pp = clip.model.visual.preprocess_cfg
     transform = open_clip.image_transform(
         clip.image_size,
@@ -146,12 +145,6 @@ def notebook(work: Workload) -> None:
         chosen = select(scores, [prompt.id] * len(images), cfg.select)
         for k in np.flatnonzero(chosen.kept):
             images[k].save(out / f"{prompt.id}-{k:03d}.png")
-
-
-def _spec(raw: object):  # -> ClipSpec
-    from winnow.scoring.clip import ClipSpec
-
-    return raw if isinstance(raw, ClipSpec) else ClipSpec.model_validate(raw)
 
 
 def winnow(work: Workload) -> None:

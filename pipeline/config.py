@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -22,6 +23,7 @@ from pydantic import (
     PositiveInt,
     Tag,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -29,7 +31,8 @@ from pydantic import (
 from winnow.models.errors import WinnowError
 from winnow.models.generator import GeneratorParams
 from winnow.pipeline.templates import TemplateError, parse
-from winnow.scoring.base import REGISTRY
+from winnow.scoring.base import REGISTRY, ScorerParams
+from winnow.scoring.clip import NAMED, ClipSpec
 from winnow.scoring.select import Policy
 
 M = TypeVar("M", bound=BaseModel)
@@ -183,18 +186,76 @@ class RunnerConfig(_Section):
         return self
 
 
-class Config(_Section):
+class Scoring(BaseModel):
+    """The ``clip``, ``scorers`` and ``select`` sections, shared by a run config and the config
+    of ``winnow score``. Each scorer's parameters are validated here, once, into its typed
+    ``Params``; a scorer's ``clip: NAME`` takes the spec of that name from ``clip``."""
+
+    clip: dict[str, ClipSpec] = Field(
+        default_factory=dict,
+        description="named CLIP specs, name -> {model, pretrained}: a scorer's `clip: NAME` uses one, "
+        "and scorers naming the same one share one image embedding per batch",
+    )
+    scorers: dict[str, ScorerParams] = Field(description="scorer name -> its parameters")
+    select: Policy = Field(default_factory=Policy)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_scorers(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and isinstance(data.get("scorers"), Mapping):
+            named = _named_clips(data.get("clip"))
+            data = {**data, "clip": named, "scorers": _scorer_params(data["scorers"], named)}
+        return data
+
+    @model_validator(mode="after")
+    def _select_names_scorers(self) -> Scoring:
+        self.select.check(list(self.scorers))
+        return self
+
+    @field_serializer("scorers")
+    def _scorers_as_given(self, scorers: dict[str, ScorerParams]) -> dict[str, dict[str, Any]]:
+        # As given (named CLIPs inline, no unset defaults): a dumped config validates back to
+        # the same result_hash.
+        return {name: params.as_given() for name, params in scorers.items()}
+
+
+def _named_clips(raw: Any) -> dict[str, ClipSpec]:
+    """The top-level ``clip`` section, validated (errors located at ``clip.NAME``)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ValueError("clip: expected a mapping of name -> {model, pretrained}")
+    named = {}
+    for name, spec in raw.items():
+        try:
+            named[str(name)] = ClipSpec.model_validate(spec)
+        except ValidationError as err:
+            raise ValueError(_first_error(err, ("clip", name))) from None
+    return named
+
+
+def _scorer_params(raw: Mapping[str, Any], named: dict[str, ClipSpec]) -> dict[str, ScorerParams]:
+    """Each scorer's parameters as its typed ``Params`` (CLIP names resolved from ``named``)."""
+    params = {}
+    for name, given in raw.items():
+        if name not in REGISTRY:
+            raise ValueError(f"unknown scorer {name!r} (known: {', '.join(sorted(REGISTRY))})")
+        try:
+            params[name] = REGISTRY[name].Params.model_validate(given or {}, context={NAMED: named})
+        except ValidationError as err:
+            raise ValueError(_first_error(err, ("scorers", name))) from None
+    return params
+
+
+class Config(_Section, Scoring):
     prompts: PromptsConfig
     generator: GeneratorParams
-    scorers: dict[str, dict[str, Any]] = Field(description="scorer name -> its parameters")
-    select: Policy = Field(default_factory=Policy)
     prune: PruneConfig | None = Field(None, description="early pruning (off by default)")
     run: RunConfig = Field(default_factory=RunConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
     @model_validator(mode="after")
-    def _scorers_known(self) -> Config:
-        check_scorers(self.scorers, self.select)
+    def _prune_fits(self) -> Config:
         if self.prune is not None:
             self._check_prune(self.prune)
         return self
@@ -222,14 +283,16 @@ class Config(_Section):
         return rounds if rounds.until_kept else rounds.model_copy(update={"until_kept": self.select.keep})
 
     def result_hash(self) -> str:
-        """Hash of everything that changes the catalog's content (not where it goes)."""
-        data = self.model_dump(mode="json", exclude={"run": {"out", "run_id"}, "runner": True})
+        """Hash of everything that changes the catalog's content (not where it goes). The
+        ``clip`` section is left out: the specs the scorers use are in ``scorers``, inline."""
+        data = self.model_dump(mode="json", exclude={"run": {"out", "run_id"}, "runner": True, "clip": True})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _first_error(err: ValidationError) -> str:
+def _first_error(err: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
+    """The first error of ``err`` as one line; ``prefix`` locates a nested model's errors."""
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if p not in (_FIXED, _ROUNDS))
+    where = ".".join(str(p) for p in (*prefix, *first["loc"]) if p not in (_FIXED, _ROUNDS))
     if first["type"] == "extra_forbidden":
         return f"unknown key {where!r}"
     if first["type"] == "missing":
@@ -278,15 +341,3 @@ def validate(model: type[M], data: dict[str, Any], path: Path) -> M:
         return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"{path}: {_first_error(err)}") from None
-
-
-def check_scorers(scorers: dict[str, dict[str, Any]], select: Policy) -> None:
-    """Every scorer is registered, its parameters are valid, and the policy names only them."""
-    for name, params in scorers.items():
-        if name not in REGISTRY:
-            raise ValueError(f"unknown scorer {name!r} (known: {', '.join(sorted(REGISTRY))})")
-        try:
-            REGISTRY[name].Params.model_validate(params or {})
-        except ValidationError as err:
-            raise ValueError(f"scorers.{name}: {_first_error(err)}") from None
-    select.check(list(scorers))

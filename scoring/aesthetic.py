@@ -15,14 +15,16 @@ import pickle
 import re
 import threading
 from pathlib import Path
+from typing import Annotated
 
 import torch
+from pydantic import AfterValidator, Field
 from torch import nn
 
 from winnow.models.errors import ModelNotFoundError, WinnowError
-from winnow.models.sources import resolve
+from winnow.models.sources import check_file_ref, resolve_file
 from winnow.scoring.base import Candidates, Scorer, ScorerParams, register
-from winnow.scoring.clip import ClipSpec, image_embeddings, load_clip
+from winnow.scoring.clip import ClipRef, image_embeddings, load_clip
 
 _KEY = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
 
@@ -118,16 +120,10 @@ _LOCK = threading.Lock()
 
 
 def head_path(ref: str) -> Path:
-    """``bundled:NAME`` (via ``winnow.models.sources``) or a local file path."""
-    if ref.startswith("bundled:"):
-        return resolve(ref).path
-    path = Path(ref).expanduser()
-    if not path.is_file():
-        raise ModelNotFoundError(
-            f"aesthetic head {ref!r} does not exist; give the path of a LAION-format .pth or "
-            ".safetensors file (e.g. sac+logos+ava1-l14-linearMSE.pth) or bundled:shapes-aesthetic"
-        )
-    return path
+    """The local file of a head reference (``winnow.models.sources.resolve_file``: a local
+    file, ``bundled:NAME``, ``hf://org/name[@revision]/FILE`` or ``https://...#sha256=HEX``),
+    downloaded into the cache on first use."""
+    return resolve_file(ref, "aesthetic head").path
 
 
 def load_head(ref: str, device: torch.device | str) -> AestheticHead:
@@ -140,11 +136,16 @@ def load_head(ref: str, device: torch.device | str) -> AestheticHead:
 
 
 class AestheticParams(ScorerParams):
-    """``clip``: the CLIP the head was trained on (ViT-L-14 / openai for LAION's head);
-    ``head``: path to the head, or ``bundled:shapes-aesthetic``."""
+    """The aesthetic scorer's settings."""
 
-    clip: ClipSpec
-    head: str
+    clip: ClipRef = Field(
+        description="the CLIP the head was trained on (ViT-L-14 / openai for LAION's head): "
+        "a name from the top-level clip section, or an inline {model, pretrained}"
+    )
+    head: Annotated[str, AfterValidator(check_file_ref)] = Field(
+        description="the head's weights: a local .pth/.safetensors file, bundled:shapes-aesthetic, "
+        "hf://org/name[@revision]/FILE, or https://.../FILE#sha256=HEX"
+    )
 
 
 @register

@@ -8,13 +8,20 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 
 class ScorerParams(BaseModel):
-    """Base for a scorer's parameters: unknown keys are errors."""
+    """Base for a scorer's parameters: unknown keys are errors. A config validates each
+    scorer's parameters once (``winnow.pipeline.config``); scorers receive them typed."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def as_given(self) -> dict[str, Any]:
+        """The parameters as the config gave them, JSON-ready: unset defaults left out, named
+        CLIP specs inline. Run ids hash this, so a parameter added later with a default, or a
+        CLIP moved into the top-level ``clip`` section, keeps existing run ids."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 @dataclass
@@ -69,23 +76,13 @@ def register(cls: type[Scorer]) -> type[Scorer]:
     return cls
 
 
-class ScorerConfigError(ValueError):
-    """A scorer configuration that cannot be built (unknown name, bad parameter)."""
-
-
-def build_scorers(config: Mapping[str, Mapping[str, Any]], device: torch.device) -> list[Scorer]:
-    """Instantiate the scorers named in ``config`` ({name: params}) without loading weights."""
+def build_scorers(params: Mapping[str, ScorerParams], device: torch.device) -> list[Scorer]:
+    """Instantiate the scorers of validated ``params`` ({name: its Params}, e.g.
+    ``Config.scorers``) without loading weights."""
     scorers = []
-    for name, raw in config.items():
-        if name not in REGISTRY:
-            known = ", ".join(sorted(REGISTRY))
-            raise ScorerConfigError(f"unknown scorer {name!r} (known: {known})")
+    for name, given in params.items():
         cls = REGISTRY[name]
-        try:
-            params = cls.Params.model_validate(dict(raw or {}))
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ScorerConfigError(f"scorers.{name}.{where}: {first['msg']}") from None
-        scorers.append(cls(params, device))
+        if not isinstance(given, cls.Params):
+            raise TypeError(f"scorer {name!r} takes a {cls.Params.__name__}, not {type(given).__name__}")
+        scorers.append(cls(given, device))
     return scorers

@@ -18,6 +18,10 @@ OpenAI's weights were trained with QuickGELU. With the ``openai`` tag this modul
 (open_clip itself only warns); with OpenAI weights from a local file, name the ``-quickgelu``
 architecture (``ViT-L-14-quickgelu``), or the embeddings come out subtly wrong.
 
+A config declares each CLIP once, by name, in its top-level ``clip`` section; a scorer's
+``clip`` setting (a ``ClipRef``) is such a name, or an inline spec. Scorers that name the same
+CLIP (or give equal inline specs) share one loaded model and one image embedding per batch.
+
 Embeddings are float32, L2-normalised, on the scoring device. Images are preprocessed as
 tensors on the device, batched, replicating open_clip's inference transform (resize with the
 model's interpolation and resize mode, center crop, normalise with the model's mean/std).
@@ -33,11 +37,11 @@ import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo, field_validator, model_validator
 
 from winnow.models.errors import ModelNotFoundError, WinnowError
 from winnow.models.sources import resolve
@@ -107,6 +111,25 @@ class ClipSpec(BaseModel):
                 "path, or hf-hub:org/name); random weights would give meaningless scores"
             )
         return self
+
+
+NAMED = "clip"  # the validation-context key of the config's named specs (name -> ClipSpec)
+
+
+def _named(value: Any, info: ValidationInfo) -> Any:
+    """A CLIP name -> the spec of that name from the validation context; others unchanged."""
+    if not isinstance(value, str):
+        return value
+    named = (info.context or {}).get(NAMED) or {}
+    if value not in named:
+        known = ", ".join(sorted(named)) or "none"
+        raise ValueError(f"CLIP {value!r} is not named in the top-level clip section (named: {known})")
+    return named[value]
+
+
+ClipRef = Annotated[ClipSpec, BeforeValidator(_named)]
+"""A scorer's CLIP setting: a name from the config's top-level ``clip`` section (validated with
+``context={NAMED: {name: ClipSpec}}``), or an inline ``{model, pretrained}``."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from winnow.scoring.base import Candidates, Scorer, ScorerParams, register
-from winnow.scoring.clip import ClipSpec, cosine, image_embeddings, load_clip, text_embeddings
+from winnow.scoring.clip import ClipRef, cosine, image_embeddings, load_clip, text_embeddings
 
 
 class ClipScoreParams(ScorerParams):
-    """``clip``: the CLIP whose embeddings are compared (e.g. ViT-L-14 / openai)."""
+    """The CLIP score's settings."""
 
-    clip: ClipSpec
+    clip: ClipRef = Field(
+        description="the CLIP whose embeddings are compared (e.g. ViT-L-14 / openai): a name from "
+        "the top-level clip section, or an inline {model, pretrained}"
+    )
 
 
 @register

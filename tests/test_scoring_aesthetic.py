@@ -127,7 +127,7 @@ def test_missing_head_is_model_not_found(tiny: ClipSpec) -> None:
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         AestheticHead.from_file("/nonexistent/head.pth")
     scorer = AestheticScorer(AestheticScorer.Params(clip=tiny, head="/nonexistent/head.pth"), CPU)
-    with pytest.raises(ModelNotFoundError, match="bundled:shapes-aesthetic"):
+    with pytest.raises(ModelNotFoundError, match=r"aesthetic head '/nonexistent/head.pth' does not exist"):
         scorer.setup()
 
 

@@ -16,8 +16,9 @@ from pydantic import ValidationError
 import winnow.scoring.clip as clip_module
 from winnow.models.errors import ModelNotFoundError
 from winnow.models.sources import BUNDLED
-from winnow.scoring.base import Candidates, ScorerConfigError, build_scorers
+from winnow.scoring.base import Candidates
 from winnow.scoring.clip import (
+    NAMED,
     ClipLoadError,
     ClipSpec,
     LoadedClip,
@@ -28,6 +29,7 @@ from winnow.scoring.clip import (
     preprocess,
     text_embeddings,
 )
+from winnow.scoring.clip_score import ClipScoreScorer
 from winnow.scoring.testing import TINY_CLIP_CONFIG, build_tiny_clip
 
 CPU = torch.device("cpu")
@@ -56,8 +58,20 @@ def one_line(err: pytest.ExceptionInfo[BaseException]) -> str:
 def test_unknown_architecture_is_a_config_error() -> None:
     with pytest.raises(ValidationError, match="unknown open_clip architecture 'ViT-Nope-99'"):
         ClipSpec(model="ViT-Nope-99", pretrained="openai")
-    with pytest.raises(ScorerConfigError, match=r"scorers.clip_score.clip: .*ViT-Nope-99"):
-        build_scorers({"clip_score": {"clip": {"model": "ViT-Nope-99", "pretrained": "x"}}}, CPU)
+    with pytest.raises(ValidationError, match=r"clip\n.*ViT-Nope-99"):
+        ClipScoreScorer.Params.model_validate({"clip": {"model": "ViT-Nope-99", "pretrained": "x"}})
+
+
+def test_a_scorer_names_a_clip_from_the_validation_context(tiny: ClipSpec) -> None:
+    named = {"small": tiny}
+    params = ClipScoreScorer.Params.model_validate({"clip": "small"}, context={NAMED: named})
+    assert params.clip is tiny  # the very spec: scorers naming it share its model and embeddings
+    inline = ClipScoreScorer.Params.model_validate({"clip": tiny.model_dump()}, context={NAMED: named})
+    assert inline.clip == tiny
+    with pytest.raises(ValidationError, match=r"CLIP 'big' is not named in the top-level clip.*named: small"):
+        ClipScoreScorer.Params.model_validate({"clip": "big"}, context={NAMED: named})
+    with pytest.raises(ValidationError, match=r"named: none"):
+        ClipScoreScorer.Params.model_validate({"clip": "small"})
 
 
 def test_weights_are_required_and_schemas_bring_their_own() -> None:

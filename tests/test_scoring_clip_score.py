@@ -67,8 +67,10 @@ def test_formula_scale_and_clamp(tiny: ClipSpec) -> None:
 
 def test_registered_and_built_from_config(tiny: ClipSpec) -> None:
     assert REGISTRY["clip_score"] is ClipScoreScorer
-    (scorer,) = build_scorers({"clip_score": {"clip": tiny.model_dump()}}, CPU)
+    (scorer,) = build_scorers({"clip_score": ClipScoreScorer.Params(clip=tiny)}, CPU)
     assert isinstance(scorer, ClipScoreScorer) and scorer.params.clip == tiny
+    with pytest.raises(TypeError, match="takes a ClipScoreParams, not dict"):  # validated by the config
+        build_scorers({"clip_score": {"clip": tiny.model_dump()}}, CPU)
     with pytest.raises(ValidationError):
         ClipScoreScorer.Params(clip=tiny, layer=3)  # type: ignore[call-arg]
 
