@@ -44,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 from winnow.catalog.schema import SCHEMA_VERSION, schema, score_column
 from winnow.catalog.writer import atomic_write, part_path, write_part
 from winnow.models.errors import WinnowError
-from winnow.scoring.base import Candidates, build_scorers
+from winnow.scoring.base import Candidates, ScorerParams, build_scorers
 from winnow.scoring.select import Policy, select
 
 SIDECAR_SUFFIXES = {".txt", ".caption"}
@@ -144,7 +144,7 @@ def _versions() -> str:
 def score_folder(
     folder: str | Path,
     prompts_from: str,
-    scorers: Mapping[str, Mapping[str, Any]],
+    scorers: Mapping[str, ScorerParams],
     policy: Policy,
     root: str | Path,
     run_id: str | None = None,
@@ -156,7 +156,8 @@ def score_folder(
     found, skipped = find_images(folder, prompts_from)
     if not found:
         raise ExternalImagesError(f"no readable images with prompts in {folder} ({len(skipped)} skipped)")
-    settings = json.dumps({"scorers": scorers, "select": policy.model_dump(mode="json")}, sort_keys=True)
+    given = {name: params.as_given() for name, params in scorers.items()}
+    settings = json.dumps({"scorers": given, "select": policy.model_dump(mode="json")}, sort_keys=True)
     config_hash = hashlib.sha256(settings.encode()).hexdigest()[:16]
     if run_id is None:
         digest = hashlib.sha256(f"external\x1e{config_hash}".encode())
