@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from winnow.flows.commands import register
+from winnow.flows.console import make_console
 from winnow.flows.schedule_cli import register as register_schedule
 
 app = typer.Typer(
@@ -31,7 +31,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 def quiet_libraries() -> None:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-err_console = Console(stderr=True)
+from winnow.flows.console import make_console
+
+err_console = make_console(stderr=True)
+out_console = make_console()  # tables on stdout
 DEFAULT_CATALOG = Path("out/catalog")  # run.out's default (flows/config.py)
 TABLE_ROWS = 1000  # rows shown by `catalog query` as a table; use --format csv for all
 
@@ -59,7 +61,7 @@ def _print_frame(df, title: str | None = None) -> None:  # df: pandas.DataFrame
         table.add_column(str(column), justify="right" if df[column].dtype.kind in "iuf" else "left")
     for record in df.head(TABLE_ROWS).itertuples(index=False):
         table.add_row(*(_fmt(v) for v in record))
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    out_console.print(table)
     if len(df) > TABLE_ROWS:
         err_console.print(f"({len(df) - TABLE_ROWS} more rows not shown; use --format csv or --out)")
 
@@ -213,28 +215,17 @@ def score_command(
     device: Annotated[str, typer.Option(help="cpu, cuda, ... (default auto)")] = "auto",
 ) -> None:
     """Score existing images with the config's scorers and policy; catalog them as external."""
-    from winnow.pipeline.external import score_folder
+    from winnow.pipeline.score import score_folder
     from winnow.pipeline.score_config import load_score_config
 
     with _one_line_errors():
         cfg = load_score_config(config)
-        root = out or cfg.run.out
-        result = score_folder(
-            folder,
-            prompts_from,
-            cfg.scorers,
-            cfg.select,
-            root,
-            run_id=run_id,
-            shard_size=cfg.run.shard_size,
-            save_rejected=cfg.run.save_rejected,
-            device=device,
-        )
+        result = score_folder(folder, prompts_from, cfg, out, run_id=run_id, device=device)
     for rel, why in result.skipped:
         err_console.print(f"skipped {rel}: {why}", highlight=False)
     err_console.print(
         f"scored {result.images} images ({result.kept} kept, {len(result.skipped)} files skipped, "
-        f"{result.skipped_shards}/{result.shards} shards already done) into [bold]{root}[/] "
+        f"{result.skipped_shards}/{result.shards} shards already done) into [bold]{result.catalog}[/] "
         f"(run {result.run_id}, source=external)"
     )
 
