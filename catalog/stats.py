@@ -41,7 +41,7 @@ def _counts(run_id: str, rows: pd.DataFrame) -> dict:
 
 def score_stats(rows: pd.DataFrame) -> pd.DataFrame:
     """Per run and score column (every ``score_*`` plus ``combined_score``) and group (all,
-    kept, rejected): count of finite values, mean, std, min, p10, median, p90, max.
+    kept, rejected): the statistics of ``describe`` (finite values; ``nonfinite`` counts the rest).
 
     Scores are in each scorer's own units (higher is better); a scorer that did not run for a
     run (its column is null there) is left out of that run.
@@ -55,19 +55,25 @@ def score_stats(rows: pd.DataFrame) -> pd.DataFrame:
             if values.isna().all():
                 continue
             for group, mask in (("all", kept | ~kept), ("kept", kept), ("rejected", ~kept)):
-                records.append({"run_id": run_id, "score": column, "group": group, **_describe(values[mask])})
+                records.append({"run_id": run_id, "score": column, "group": group, **describe(values[mask])})
     return pd.DataFrame.from_records(records)
 
 
-def _describe(values: pd.Series) -> dict:
-    finite = values[np.isfinite(values.to_numpy(dtype="float64", na_value=np.nan))]
+def describe(values: pd.Series) -> dict:
+    """Statistics of the finite values of ``values`` (in the values' own units): count, mean,
+    std, min, p10, median, p90, max; NaN when none is finite. ``nonfinite`` counts the values
+    left out (NaN: a failed or skipped score; -inf: a combined score that never existed, as for
+    pruned or invalid candidates), so a mean is never -inf and never silently drops rows."""
+    numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+    finite = pd.Series(numbers[np.isfinite(numbers)])
     if finite.empty:
         nan = math.nan
-        return {"count": 0, "mean": nan, "std": nan, "min": nan, "p10": nan, "median": nan, "p90": nan,
-                "max": nan}  # fmt: skip
+        return {"count": 0, "nonfinite": int(numbers.size), "mean": nan, "std": nan, "min": nan,
+                "p10": nan, "median": nan, "p90": nan, "max": nan}  # fmt: skip
     q = finite.quantile([0.1, 0.5, 0.9])
     return {
         "count": int(finite.size),
+        "nonfinite": int(numbers.size - finite.size),
         "mean": float(finite.mean()),
         "std": float(finite.std(ddof=0)),
         "min": float(finite.min()),

@@ -7,6 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from winnow.catalog.query import score_columns
+from winnow.catalog.stats import describe
+
+SUMMARY_STATS = ("count", "nonfinite", "mean", "min", "median", "max")  # of describe's
+
 
 def read_run(root: Path, run_id: str) -> pd.DataFrame:
     """All rows of ``run_id`` (every finished shard)."""
@@ -14,9 +19,13 @@ def read_run(root: Path, run_id: str) -> pd.DataFrame:
 
 
 def score_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per scorer (and the combined score): mean/min/median/max of kept vs rejected rows."""
-    columns = [c for c in rows.columns if c.startswith("score_")] + ["combined_score"]
-    long = rows.melt(id_vars=["kept"], value_vars=columns, var_name="score", value_name="value")
-    long["group"] = long["kept"].map({True: "kept", False: "rejected"})
-    stats = long.groupby(["score", "group"])["value"].agg(["count", "mean", "min", "median", "max"])
-    return stats.reset_index()
+    """Per score column (and the combined score) and group (kept, rejected; a group without rows
+    is left out): ``SUMMARY_STATS`` of ``describe``, over finite values, in the score's units."""
+    kept = rows["kept"].fillna(False).astype(bool)
+    records = []
+    for column in sorted([*score_columns(list(rows.columns)), "combined_score"]):
+        for group, mask in (("kept", kept), ("rejected", ~kept)):
+            if mask.any():
+                stats = describe(rows.loc[mask, column])
+                records.append({"score": column, "group": group, **{k: stats[k] for k in SUMMARY_STATS}})
+    return pd.DataFrame.from_records(records)

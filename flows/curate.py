@@ -44,7 +44,7 @@ class RunSummary:
     seconds: float
     scores: list[dict]  # score_table rows
     workers: list[str]  # the processes that ran shards, host:pid
-    note: str | None = None  # about the prompts, e.g. a pool with fewer new prompts than asked
+    notes: tuple[str, ...] = ()  # one line each: fewer new prompts than asked, a keep that keeps all
 
     @property
     def images_per_s(self) -> float:
@@ -73,8 +73,9 @@ def curate(config: Config) -> RunSummary:
     began = time.perf_counter()
     chosen = choose_prompts(config)
     prompts = chosen.prompts
-    if chosen.note:
-        get_run_logger().warning(chosen.note)
+    notes = tuple(note for note in (chosen.note, config.note) if note)
+    for note in notes:
+        get_run_logger().warning(note)
     run_id = config.run.run_id or default_run_id(config, prompts)
     plans = plan_shards(run_id, prompts, config.run.shard_size)
     root = Path(config.run.out)
@@ -105,7 +106,7 @@ def curate(config: Config) -> RunSummary:
         seconds=time.perf_counter() - began,
         scores=scores.round(4).to_dict("records"),
         workers=sorted({r.worker for r in results}),
-        note=chosen.note,
+        notes=notes,
     )
     create_table_artifact(
         key="curate-summary",

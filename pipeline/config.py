@@ -282,6 +282,18 @@ class Config(_Section, Scoring):
         rounds = n if isinstance(n, CandidateRounds) else CandidateRounds(min=n, max=n)
         return rounds if rounds.until_kept else rounds.model_copy(update={"until_kept": self.select.keep})
 
+    @property
+    def note(self) -> str | None:
+        """One line for the run's notes when a setting leaves part of the run with nothing to do
+        (valid, but rarely meant): ``select.keep`` not below the most candidates per prompt."""
+        keep, most = self.select.keep, self.rounds.max
+        if keep >= most:
+            return (
+                f"select.keep {keep} is not below the {most} candidates per prompt: every candidate "
+                "that clears the floors and ceilings is kept, the ranking selects nothing"
+            )
+        return None
+
     def result_hash(self) -> str:
         """Hash of everything that changes the catalog's content (not where it goes). The
         ``clip`` section is left out: the specs the scorers use are in ``scorers``, inline."""
