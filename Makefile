@@ -38,5 +38,6 @@ bench-quality: $(STAMP)  ## curation quality on the shapes world -> bench/result
 bench-smart: $(STAMP)  ## early pruning curve and adaptive N vs the plain run -> bench/results/smart.json
 	$(PY) -m bench.smart
 
-clean:
-	rm -rf catalog .pytest_cache .ruff_cache
+clean:  ## build and run outputs and caches (never a source folder; the venv stays)
+	rm -rf out catalog-out build *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -1,5 +1,6 @@
 """The HTML report: written by every flow run (with a Prefect artifact pointing at it) and by
-`winnow report`; opened in headless Chromium, which must render every thumbnail without errors."""
+`winnow report`; opened in headless Chromium, which must render every thumbnail without errors
+(CI installs the browser before the tests; the tests never install anything)."""
 
 from __future__ import annotations
 
@@ -33,20 +34,33 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing (skip only where that fails)."""
-    exe = shutil.which("chromium")
-    if exe:
-        return exe
-    if not shutil.which("apt-get") or os.geteuid() != 0:
-        pytest.skip("chromium is not installed and cannot be installed here (needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-        try:
-            subprocess.run(command, env=env, capture_output=True, timeout=900, check=True)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
-            pytest.skip(f"chromium could not be installed ({' '.join(command)}: {type(err).__name__})")
-    return shutil.which("chromium") or pytest.skip("apt-get installed chromium but it is not on PATH")
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def browser() -> str:
+    """A Chromium on PATH. CI must have one (``.ci/run`` installs Debian's chromium), so there
+    a missing browser fails the test; on a developer's machine without one it is skipped."""
+    for name in BROWSERS:
+        if exe := shutil.which(name):
+            return exe
+    why = f"no headless browser on PATH (looked for {', '.join(BROWSERS)}); .ci/run installs chromium"
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"CI: {why}")
+    pytest.skip(why)
+
+
+def test_a_missing_browser_skips_here_and_fails_in_ci(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no browser, nothing to install it with
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no headless browser on PATH"):
+        browser()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI: no headless browser on PATH"):
+        browser()
+    fake = tmp_path / "chromium-browser"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert browser() == str(fake)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +95,7 @@ def test_report_renders_in_headless_chromium(flow_run, tmp_path):
     assert html.count("<svg class='hist'") == 3  # clip_score, aesthetic, combined
     assert html.count("not_top_k") == 3
 
-    exe = chromium()
+    exe = browser()
     profile = tmp_path / "chromium-profile"
     flags = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
     dom = subprocess.run(
