@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from winnow.catalog.summary import read_run
+from winnow.catalog.writer import atomic_write
 
 CELL = 96  # pixels per candidate thumbnail
 BORDER = 4
@@ -36,8 +38,9 @@ def contact_sheet(rows: pd.DataFrame, root: Path, out: Path, max_prompts: int = 
             else:
                 thumb = Image.new("RGB", (inner, inner), MISSING)
             sheet.paste(thumb, (left + BORDER, top + BORDER))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    atomic_write(out, buffer.getvalue())  # never a partial sheet, even on a full disk
     return out
 
 

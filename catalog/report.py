@@ -26,6 +26,7 @@ from PIL import Image
 
 from winnow.catalog.query import read_catalog, score_columns
 from winnow.catalog.stats import run_stats
+from winnow.catalog.writer import atomic_write
 
 THUMB = 128  # CSS pixels per thumbnail; larger images are downscaled to this before embedding
 BINS = 20
@@ -74,8 +75,7 @@ def write_report(
     """
     root, out = Path(root), Path(out)
     rows = read_catalog(root, run_id)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(rows, root, run_id, max_prompts), encoding="utf-8")
+    atomic_write(out, render(rows, root, run_id, max_prompts).encode())  # never a partial page
     return out
 
 

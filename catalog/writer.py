@@ -42,6 +42,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk's write names no file: say which one, and its size
+        raise OSError(err.errno, f"{err.strerror} (writing {len(data):,} bytes)", str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
 

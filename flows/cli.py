@@ -83,8 +83,15 @@ def run(
         str | None, typer.Option(help="Ray cluster: auto, ray://HOST:10001 or HOST:6379 (default: local)")
     ] = None,
 ) -> None:
-    """Generate, score and select candidates for every prompt; write the catalog."""
-    from winnow.models.errors import WinnowError
+    """Generate, score and select candidates for every prompt; write the catalog.
+
+    Ctrl-C or SIGTERM stops it within a pipeline call, keeping the finished shards (exit status
+    130 or 143; a second signal exits at once); the same command resumes it.
+    """
+    from prefect.exceptions import TerminationSignal
+
+    from winnow.flows import interrupt
+    from winnow.models.errors import WinnowError, first_line
     from winnow.pipeline.config import load_config
 
     overrides = {
@@ -102,23 +109,35 @@ def run(
         "runner.kind": runner,
         "runner.address": address,
     }
-    try:
-        cfg = load_config(config, {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
-        summary = _run_with_progress(cfg)
-    except WinnowError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
-        raise typer.Exit(2) from None
-    except OSError as err:  # a full disk, a read-only folder...: finished shards stay written
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: finished shards are kept; run the same command to resume")
-        raise typer.Exit(130) from None
+    with interrupt.handling():
+        try:
+            cfg = load_config(config, {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
+            summary = _run_with_progress(cfg)
+        except interrupt.RunInterrupted as err:
+            console.print(f"[yellow]interrupted[/]: {err}; run the same command to resume", highlight=False)
+            raise typer.Exit(interrupt.exit_status()) from None
+        except (KeyboardInterrupt, TerminationSignal):  # a signal before the flow's handlers were set
+            console.print("[yellow]interrupted[/]: finished shards are kept; run the same command to resume")
+            raise typer.Exit(interrupt.exit_status()) from None
+        except WinnowError as err:
+            console.print(f"[bold red]error:[/] {err}", highlight=False)
+            raise typer.Exit(2) from None
+        except OSError as err:  # a full disk, a read-only folder...: finished shards stay written
+            console.print(f"[bold red]error:[/] {err}", highlight=False)
+            raise typer.Exit(1) from None
     _print_summary(summary)
+    warnings = list(summary.warnings)  # the catalog is complete: a failed extra is only a warning
     if cfg.run.contact_sheet:
         from winnow.catalog.contact_sheet import run_contact_sheet
 
-        console.print(f"contact sheet: [bold]{run_contact_sheet(summary.catalog, summary.run_id)}[/]")
+        try:
+            sheet = run_contact_sheet(summary.catalog, summary.run_id)
+        except Exception as err:
+            warnings.append(f"the contact sheet was not written: {first_line(err)}")
+        else:
+            console.print(f"contact sheet: [bold]{sheet}[/]")
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     console.print(f"catalog: [bold]{summary.catalog}[/] (run {summary.run_id})")
 
 

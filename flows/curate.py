@@ -5,7 +5,12 @@ Tasks wrap the plain functions in ``winnow.pipeline.shard``; their inputs are id
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
+import functools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,15 +18,15 @@ from typing import TYPE_CHECKING
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from winnow.catalog.cleanup import remove_stale_temps
 from winnow.catalog.report import write_report
 from winnow.catalog.summary import read_run, score_table
-from winnow.flows import progress
-from winnow.flows.ray_runner import check_parts_visible, prepare_worker, ray_task_runner
-from winnow.models.errors import WinnowError
+from winnow.flows import interrupt, progress
+from winnow.flows.ray_runner import cancel_tasks, check_parts_visible, prepare_worker, ray_task_runner
+from winnow.models.errors import WinnowError, first_line
+from winnow.pipeline import stop
 from winnow.pipeline.config import Config
 from winnow.pipeline.prompt_source import choose_prompts
 from winnow.pipeline.shard import ShardPlan, ShardResult, default_run_id, plan_shards, process_shard
@@ -45,15 +50,23 @@ class RunSummary:
     scores: list[dict]  # score_table rows
     workers: list[str]  # the processes that ran shards, host:pid
     notes: tuple[str, ...] = ()  # one line each: fewer new prompts than asked, a keep that keeps all
+    warnings: tuple[str, ...] = ()  # one line each: an extra (report, artifact) that failed
 
     @property
     def images_per_s(self) -> float:
         return self.generated / self.seconds if self.seconds > 0 else 0.0
 
 
+# A full disk or quota, a denied permission, a read-only file system: a retry fails the same way.
+PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
 def _retryable(task: Task, task_run: TaskRun, state: State) -> bool:
-    """winnow's own errors (a missing model, bad input) fail the same way every time."""
-    return not isinstance(state.result(raise_on_failure=False), WinnowError)
+    """Only transient errors are retried: winnow's own errors (a missing model, bad input, a
+    stop request) and the OS errors of ``PERMANENT_ERRNOS`` fail the same way every time."""
+    err = state.result(raise_on_failure=False)
+    permanent = isinstance(err, OSError) and err.errno in PERMANENT_ERRNOS
+    return not (isinstance(err, WinnowError) or permanent)
 
 
 @task(
@@ -64,12 +77,30 @@ def _retryable(task: Task, task_run: TaskRun, state: State) -> bool:
 )
 def process_shard_task(config: Config, plan: ShardPlan) -> ShardResult:
     prepare_worker()  # on a Ray worker: the driver's directory, the GPU Ray assigned
-    return process_shard(config, plan, on_progress=progress.report)
+    stop.check()  # a stop requested before the shard started: not even its models load
+    reported = [0, 0]  # (done, more) this attempt has reported
+
+    def report(done: int, more: int) -> None:
+        reported[0] += done
+        reported[1] += more
+        progress.report(done, more)
+        stop.check()  # the engine reports between pipeline calls: a stop request ends the shard here
+
+    try:
+        return process_shard(config, plan, on_progress=report)
+    except BaseException:
+        progress.report(-reported[0], -reported[1])  # a retry or the resumed run counts them again
+        raise
 
 
 @flow(name="curate", log_prints=False)
 def curate(config: Config) -> RunSummary:
     """Generate N candidates per prompt, score them, keep the best, record all in the catalog."""
+    with interrupt.handling():  # in the flow's thread, where Prefect installs its own SIGTERM handler
+        return _curate(config)
+
+
+def _curate(config: Config) -> RunSummary:
     began = time.perf_counter()
     chosen = choose_prompts(config)
     prompts = chosen.prompts
@@ -83,13 +114,16 @@ def curate(config: Config) -> RunSummary:
     progress.report(0, len(prompts) * config.rounds.min)
     shard_task = process_shard_task.with_options(retries=config.runner.retries)
     futures = shard_task.map(unmapped(config), plans)
-    if config.runner.kind == "ray":  # the tasks reported progress in their own processes
-        planned = {
-            f.task_run_id: len(p.prompts) * config.rounds.min for f, p in zip(futures, plans, strict=True)
-        }
-        for future in as_completed(futures):
-            made = future.result().candidates
+    ray = config.runner.kind == "ray"
+    planned = {f.task_run_id: len(p.prompts) * config.rounds.min for f, p in zip(futures, plans, strict=True)}
+    cancel = functools.partial(cancel_tasks if ray else interrupt.cancel_pending, futures)
+    for future in interrupt.until_done(futures, on_stop=cancel):
+        if stop.requested():
+            continue  # the shards settle; which ones stopped is read from the catalog below
+        made = future.result().candidates  # the first failure ends the run (the rest are cancelled)
+        if ray:  # the tasks reported progress in their own processes
             progress.report(made, made - planned[future.task_run_id])
+    interrupt.raise_if_stopped(root, run_id, plans)
     results = [f.result() for f in futures]
     check_parts_visible([r.part for r in results])  # workers on other nodes share the catalog
     rows = read_run(config.run.out, run_id)
@@ -108,25 +142,42 @@ def curate(config: Config) -> RunSummary:
         workers=sorted({r.worker for r in results}),
         notes=notes,
     )
-    create_table_artifact(
-        key="curate-summary",
-        table=summary.scores,
-        description=(
-            f"run {run_id}: {summary.prompts} prompts, {summary.candidates} candidates, "
-            f"{summary.kept} kept, catalog {summary.catalog}"
-        ),
-    )
-    report = write_report(root, root / f"report-{run_id}.html", run_id)
-    create_markdown_artifact(
-        key="curate-report",
-        markdown=f"[HTML report of run {run_id}]({report.resolve().as_uri()}): `{report.resolve()}`",
-        description=f"run {run_id}: every candidate with its scores, kept ones highlighted",
-    )
-    return summary
+    # The catalog is complete: an extra that fails is a warning, not a failed run.
+    warnings: list[str] = []
+    with _warn_on_failure("the summary artifact", warnings):
+        create_table_artifact(
+            key="curate-summary",
+            table=summary.scores,
+            description=(
+                f"run {run_id}: {summary.prompts} prompts, {summary.candidates} candidates, "
+                f"{summary.kept} kept, catalog {summary.catalog}"
+            ),
+        )
+    report = root / f"report-{run_id}.html"
+    with _warn_on_failure(f"the report {report}", warnings):
+        write_report(root, report, run_id)
+        create_markdown_artifact(
+            key="curate-report",
+            markdown=f"[HTML report of run {run_id}]({report.resolve().as_uri()}): `{report.resolve()}`",
+            description=f"run {run_id}: every candidate with its scores, kept ones highlighted",
+        )
+    return dataclasses.replace(summary, warnings=tuple(warnings))
+
+
+@contextlib.contextmanager
+def _warn_on_failure(what: str, warnings: list[str]) -> Iterator[None]:
+    """Turn a failure of the block into a one-line warning about ``what``, in ``warnings``."""
+    try:
+        yield
+    except Exception as err:
+        warnings.append(f"{what} was not written: {first_line(err)}")
+        get_run_logger().warning(warnings[-1])
 
 
 def run_curate(config: Config) -> RunSummary:
-    """Run ``curate`` with the task runner the config asks for."""
+    """Run ``curate`` with the task runner the config asks for (``interrupt.RunInterrupted``
+    when a signal stopped it)."""
+    interrupt.start_prefect_server()  # without PREFECT_API_URL: one that a Ctrl-C leaves running
     if config.runner.kind == "ray":
         with ray_task_runner(config.runner) as runner:
             return curate.with_options(task_runner=runner)(config)

@@ -18,6 +18,8 @@ adds to it:
   caches are per device).
 - **Failures.** Prefect retries a shard that raised (``runner.retries``); Ray runs a shard
   again elsewhere when its worker process died (``max_retries``). Shards are idempotent.
+- **Interrupts.** After Ctrl-C or SIGTERM the driver cancels the shard tasks (``cancel_tasks``)
+  and, when it started the cluster, shuts it down: no worker keeps generating.
 - **Paths.** Workers work in the driver's directory, so relative paths in the config mean the
   same on every node (which needs the same paths: a shared filesystem).
 """
@@ -170,6 +172,16 @@ def check_parts_visible(parts: list[str]) -> None:
             f"{len(unseen)} shard parts written by workers are not visible here (first: {unseen[0]}): "
             "the catalog folder must be one shared folder at the same path on every node"
         )
+
+
+def cancel_tasks(futures: list) -> None:  # list[PrefectRayFuture]
+    """Cancel the shard tasks of ``futures`` on the Ray cluster (after a stop request): queued
+    ones never start; a running one gets a KeyboardInterrupt in its worker, its shard's part
+    unwritten. Finished ones are left as they are."""
+    import ray
+
+    for future in futures:
+        ray.cancel(future.wrapped_future)
 
 
 def prepare_worker() -> None:
