@@ -154,6 +154,35 @@ def test_scorer_is_head_of_normalised_clip_embedding(tiny: ClipSpec, tmp_path: P
     )
 
 
+def test_head_named_by_a_hub_reference(
+    tiny: ClipSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    from winnow.models.sources import resolve_file
+
+    commit = "b" * 40  # the hub cache keeps a file at snapshots/<commit>/<path in repo>
+    cached = tmp_path / "models--org--heads" / "snapshots" / commit / "laion" / "head.safetensors"
+    build_tiny_aesthetic_head(cached, dim=32, seed=3)
+    asked = []
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda *args, **kwargs: asked.append(args) or str(cached)
+    )
+    resolve_file.cache_clear()
+    ref = f"hf://org/heads@{commit}/laion/head.safetensors"
+    scorer = AestheticScorer(AestheticScorer.Params(clip=tiny, head=ref), CPU)
+    scorer.setup()
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    got = scorer.score(Candidates(images=images, prompts=["ignored"] * 3))
+    from safetensors.torch import load_file
+
+    embeddings = encode_images(images, tiny, CPU).double().numpy()
+    expected = reference_mlp(load_file(str(cached)), embeddings)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5, rtol=0)
+    assert asked == [("org/heads", "laion/head.safetensors")]  # once: later batches use the resolved file
+    resolve_file.cache_clear()
+
+
 def test_clip_score_and_aesthetic_share_one_image_embedding(
     tiny: ClipSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
