@@ -3,7 +3,7 @@
 Layout (names come from ids, never from prompt text)::
 
     <root>/runs/<run_id>/shard-<shard_id>.parquet
-    <root>/images/<run_id>/<candidate_id>.png
+    <root>/images/<run_id>/<candidate_id>.png     (an external image keeps its suffix)
 
 Every file is written to a hidden temporary name in its final folder and renamed, so a
 reader (pyarrow/pandas/DuckDB skip dot-files) never sees a partial file. A shard's Parquet
@@ -27,8 +27,8 @@ def part_path(root: Path, run_id: str, shard_id: str) -> Path:
     return root / "runs" / run_id / f"shard-{shard_id}.parquet"
 
 
-def image_relpath(run_id: str, candidate_id: str) -> str:
-    return f"images/{run_id}/{candidate_id}.png"
+def image_relpath(run_id: str, candidate_id: str, suffix: str = ".png") -> str:
+    return f"images/{run_id}/{candidate_id}{suffix}"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -55,9 +55,8 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_png(root: Path, relpath: str, pixels: np.ndarray) -> str:
-    """Write an (H, W, 3) uint8 image as PNG at ``root/relpath``; return the file's sha256."""
-    data = encode_png(pixels)
+def write_image(root: Path, relpath: str, data: bytes) -> str:
+    """Write an image file's bytes at ``root/relpath``; return their sha256."""
     atomic_write(root / relpath, data)
     return hashlib.sha256(data).hexdigest()
 

@@ -215,28 +215,17 @@ def score_command(
     device: Annotated[str, typer.Option(help="cpu, cuda, ... (default auto)")] = "auto",
 ) -> None:
     """Score existing images with the config's scorers and policy; catalog them as external."""
-    from winnow.pipeline.external import score_folder
+    from winnow.pipeline.score import score_folder
     from winnow.pipeline.score_config import load_score_config
 
     with _one_line_errors():
         cfg = load_score_config(config)
-        root = out or cfg.run.out
-        result = score_folder(
-            folder,
-            prompts_from,
-            cfg.scorers,
-            cfg.select,
-            root,
-            run_id=run_id,
-            shard_size=cfg.run.shard_size,
-            save_rejected=cfg.run.save_rejected,
-            device=device,
-        )
+        result = score_folder(folder, prompts_from, cfg, out, run_id=run_id, device=device)
     for rel, why in result.skipped:
         err_console.print(f"skipped {rel}: {why}", highlight=False)
     err_console.print(
         f"scored {result.images} images ({result.kept} kept, {len(result.skipped)} files skipped, "
-        f"{result.skipped_shards}/{result.shards} shards already done) into [bold]{root}[/] "
+        f"{result.skipped_shards}/{result.shards} shards already done) into [bold]{result.catalog}[/] "
         f"(run {result.run_id}, source=external)"
     )
 

@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from winnow.catalog.schema import Generation
 from winnow.models.errors import ModelNotFoundError, WinnowError, first_line
 from winnow.models.prune import Prune, pruning_callback
 from winnow.models.sources import Source, resolve
@@ -74,15 +75,21 @@ def candidate_seed(run_seed: int, prompt_id: str, index: int) -> int:
     return int.from_bytes(digest, "big") & (2**63 - 1)
 
 
-def pick_device(params: GeneratorParams) -> tuple[torch.device, torch.dtype]:
-    """Resolve ``device``/``dtype`` = auto: CUDA with bf16 (fp16 on older GPUs), else CPU fp32.
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (cuda when available, else cpu), ``cpu``, ``cuda``, ``cuda:1``, ... as a device.
     A CUDA device without a number is the current one (``torch.cuda.set_device``)."""
     auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if params.device == "auto" else params.device)
+    device = torch.device(auto if name == "auto" else name)
     if device.type == "cuda" and device.index is None:
         # The current device, by number: models are cached per device, and a process that is
         # moved to another GPU (a Ray worker, see flows/ray_runner.py) must not reuse them.
         device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def pick_device(params: GeneratorParams) -> tuple[torch.device, torch.dtype]:
+    """Resolve ``device``/``dtype`` = auto: CUDA with bf16 (fp16 on older GPUs), else CPU fp32."""
+    device = resolve_device(params.device)
     if params.dtype != "auto":
         return device, getattr(torch, params.dtype)
     if device.type == "cuda":
@@ -244,21 +251,21 @@ class Generator:
         self.oom_retries = 0
 
     @property
-    def identity(self) -> dict[str, object]:
+    def identity(self) -> Generation:
         """What the catalog records about the model and settings (besides seeds)."""
         pipe = load_pipeline(self.params)
-        return {
-            "model": self.params.model,
-            "model_fingerprint": resolve(self.params.model).fingerprint,
-            "pipeline": type(pipe).__name__,
-            "scheduler": type(pipe.scheduler).__name__,
-            "steps": self.params.steps,
-            "guidance": self.params.guidance,
-            "width": self.params.width or _default_size(pipe),
-            "height": self.params.height or _default_size(pipe),
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "device": self.device.type,
-        }
+        return Generation(
+            model=self.params.model,
+            model_fingerprint=resolve(self.params.model).fingerprint,
+            pipeline=type(pipe).__name__,
+            scheduler=type(pipe.scheduler).__name__,
+            steps=self.params.steps,
+            guidance=self.params.guidance,
+            width=self.params.width or _default_size(pipe),
+            height=self.params.height or _default_size(pipe),
+            dtype=str(self.dtype).removeprefix("torch."),
+            device=self.device.type,
+        )
 
     def preview_decoder(self, ref: str):  # -> AutoencoderTiny
         """``load_preview_decoder(ref)``, checked to read this pipeline's latents."""

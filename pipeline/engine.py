@@ -1,223 +1,190 @@
-"""The shard engine: generate a shard's candidates batch by batch, score every batch on the
-device, select each prompt as soon as all its candidates are scored, and encode, hash and
-write its kept images in a background thread while the next batch generates.
+"""The engine: score, select and write one shard's candidates, whatever their source.
 
-Only the images selection keeps (all of them with ``run.save_rejected``) are PNG-encoded, and
-that CPU work overlaps the device's work on the next batch instead of following the last one.
-Images stay on the device (as uint8 pixels) until selection says they are written; only those
-are copied to the host, once per batch of finished prompts.
+A source (``pipeline/generated.py``: candidates a diffusion pipeline makes;
+``pipeline/images.py``: existing image files) adds a shard's candidates and hands their images
+to the engine batch by batch. The engine scores every batch on the device (the scorers share
+one CLIP image embedding per batch), selects a prompt as soon as the source says all its
+candidates are there, and writes the images selection keeps (all of them with
+``run.save_rejected``) in a background thread, so encoding and hashing them overlaps the
+source's work on the next batch. ``pipeline/shard.py`` plans shards and writes each one's part.
 
-Two optional ways to spend less compute per kept image:
-
-- **pruning** (``prune``): part-way through denoising, each batch scores its candidates'
-  predicted final images and finishes only the best of each prompt; the others are recorded
-  with their preview scores and the reason ``pruned_at_step:S``.
-- **adaptive N** (``run.candidates: {min, max, until_kept}``): candidates come in rounds; a
-  prompt gets another round only while it has fewer than ``until_kept`` eligible candidates
-  and fewer than ``max`` in all. The catalog's ``round`` column says which round made a row.
+A scorer or a selection rule added once works for every source: the engine is the only place
+that builds scorers, calls the policy and writes images.
 """
 
 from __future__ import annotations
 
-import collections
 import time
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from winnow.catalog.writer import image_relpath, write_png
-from winnow.models.generator import Batch, Generator, Request, candidate_seed, to_pixels
-from winnow.models.prune import Prune
-from winnow.pipeline.config import Config
+from winnow.catalog.schema import Generation, Row, candidate_id
+from winnow.catalog.writer import image_relpath, write_image
 from winnow.pipeline.prompts import Prompt
 from winnow.scoring.base import Candidates, build_scorers
-from winnow.scoring.select import select
+from winnow.scoring.select import Policy, select
 
-PRUNED = "pruned_at_step"
+PRUNED = "pruned_at_step"  # reject reason of a candidate pruning stopped: pruned_at_step:<S>
 
 Progress = Callable[[int, int], None]  # (candidates done, candidates newly expected)
+Encoder = tuple[str, Callable[[], bytes]]  # (file suffix, the image file's bytes, made when written)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """A task's input: ids and the prompts' records (small, serialisable)."""
+
+    run_id: str
+    shard_id: str
+    prompts: tuple[Prompt, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every candidate goes through, whatever its source: the scorers ({name: params}),
+    the selection policy, the catalog folder, and the content hash its rows record."""
+
+    root: Path
+    scorers: Mapping[str, Any]
+    policy: Policy
+    save_rejected: bool
+    config_hash: str
 
 
 @dataclass(eq=False)
-class Row:
-    """One candidate, as the catalog records it (``catalog/schema.py`` has the meanings)."""
+class Candidate:
+    """A candidate while its shard runs: its catalog row so far, its prompt (an index into the
+    shard's prompts) and the source's handle on its image until selection has decided."""
 
-    prompt: int  # index into the shard's prompts
-    candidate_index: int
-    round: int
-    seed: int
-    scores: dict[str, float]  # scorer name -> score, higher is better (a preview's if pruned)
-    combined_score: float = -np.inf
-    rank: int = 0
-    kept: bool = False
-    reject_reason: str | None = None
-    image_path: str | None = None
-    image_sha256: str | None = None
-    batch_index: int = 0
-    batch_position: int = 0
-    batch_size: int = 0
-    generation_seconds: float = 0.0  # its call's wall time / the candidates the call covered
-    scoring_seconds: float = 0.0  # a pruned candidate's preview scoring is in its call's time
-    pruned_at: int | None = None
-    pixels: torch.Tensor | None = None  # (H, W, 3) uint8 on the device, until selected
+    row: Row
+    prompt: int
+    image: Any = None  # generated: (H, W, 3) uint8 pixels on the device; external: its file
+    pruned_at: int | None = None  # the denoising step pruning stopped it at, if it did
 
 
-@dataclass(frozen=True, eq=False)
-class ShardOutcome:
-    """The shard's candidates ordered by prompt and candidate index; ``oom_retries`` counts
-    pipeline calls retried at half size; ``identity`` is the generator's (model, settings)."""
+class Source(ABC):
+    """Where one shard's candidates come from. ``make`` adds them to the shard, scores their
+    images with ``Shard.score`` and settles each prompt with ``Shard.settle``; ``encoders``
+    gives the bytes of the image files to write."""
 
-    rows: list[Row]
-    oom_retries: int
-    identity: dict[str, object]
+    name: ClassVar[str]  # the catalog's ``source`` column
+
+    def __init__(self, plan: ShardPlan, settings: Settings, device: torch.device) -> None:
+        self.plan, self.settings, self.device = plan, settings, device
+
+    @property
+    def oom_retries(self) -> int:
+        """Device calls that ran out of memory and were retried smaller (see ``ShardResult``)."""
+        return 0
+
+    @abstractmethod
+    def expected(self) -> int:
+        """The candidates the shard is planned to have (progress before it runs)."""
+
+    @abstractmethod
+    def make(self, shard: Shard, report: Progress) -> None:
+        """Add the shard's candidates, score them and settle every prompt."""
+
+    @abstractmethod
+    def encoders(self, candidates: list[Candidate]) -> list[Encoder]:
+        """Per candidate to save, its file suffix and a function returning the file's bytes
+        (called in the writer thread)."""
 
 
-class _Shard:
-    """One shard's run: its candidates so far, by prompt, and the background image writes."""
+class Shard:
+    """One shard's run: its candidates so far, by prompt, its scorers and its image writes."""
 
-    def __init__(self, config: Config, run_id: str, prompts: Sequence[Prompt], pool: ThreadPoolExecutor):
-        self.config, self.run_id, self.prompts, self.pool = config, run_id, prompts, pool
-        self.generator = Generator(config.generator)
-        self.scorers = build_scorers(config.scorers, self.generator.device)
+    def __init__(self, source: Source, pool: ThreadPoolExecutor) -> None:
+        self.source, self.pool = source, pool
+        self.prompts = source.plan.prompts
+        self.scorers = build_scorers(source.settings.scorers, source.device)
         for scorer in self.scorers:
             scorer.setup()
-        self.rows: list[list[Row]] = [[] for _ in prompts]  # each prompt's, in index order
+        self.candidates: list[list[Candidate]] = [[] for _ in self.prompts]  # in index order
         self.writes: list[tuple[Row, Future[str]]] = []
-        self.calls = 0  # pipeline calls so far, over all rounds: the catalog's batch_index
 
-    def candidate_id(self, row: Row) -> str:
-        return f"{self.prompts[row.prompt].id}-{row.candidate_index:03d}"
+    def add(
+        self, p: int, generation: Generation, image: Any = None, prompt_meta: str | None = None
+    ) -> Candidate:
+        """A new candidate of prompt ``p`` (its next index); ``prompt_meta`` defaults to the
+        prompt's."""
+        plan, prompt, index = self.source.plan, self.prompts[p], len(self.candidates[p])
+        row = Row(
+            run_id=plan.run_id,
+            source=self.source.name,
+            shard_id=plan.shard_id,
+            prompt_id=prompt.id,
+            candidate_id=candidate_id(prompt.id, index),
+            candidate_index=index,
+            prompt=prompt.text,
+            negative_prompt=prompt.negative,
+            prompt_meta=prompt.meta_json if prompt_meta is None else prompt_meta,
+            generation=generation,
+            config_hash=self.source.settings.config_hash,
+        )
+        made = Candidate(row, p, image)
+        self.candidates[p].append(made)
+        return made
 
-    def request(self, row: Row) -> Request:
-        prompt = self.prompts[row.prompt]
-        return Request(prompt.text, prompt.negative, row.seed)
-
-    def new_round(self, round_: int, counts: dict[int, int]) -> list[Row]:
-        """Add ``counts[p]`` new candidates to each prompt ``p``; them, prompt by prompt."""
-        new: list[Row] = []
-        for p, count in counts.items():
-            start, prompt_id = len(self.rows[p]), self.prompts[p].id
-            made = [
-                Row(p, k, round_, candidate_seed(self.config.run.seed, prompt_id, k), {})
-                for k in range(start, start + count)
-            ]
-            self.rows[p] += made
-            new += made
-        return new
-
-    def score(self, rows: list[Row], images: torch.Tensor) -> None:
-        """Score ``images`` (one per row, on the device) into ``rows``."""
-        batch = Candidates(images, [self.prompts[r.prompt].text for r in rows])
-        for scorer in self.scorers:  # one CLIP image embedding per batch, shared by the scorers
-            for row, value in zip(rows, scorer.score(batch).tolist(), strict=True):
-                row.scores[scorer.name] = value
-
-    def pruner(self, rows: list[Row]) -> Prune | None:
-        """The round's pruning (its requests are ``rows`` in order), or None when off."""
-        prune = self.config.prune
-        if prune is None:
-            return None
-        step = prune.step(self.config.generator.steps)
-
-        def judge(positions: list[int], previews: torch.Tensor) -> torch.Tensor:
-            batch = [rows[j] for j in positions]
-            self.score(batch, previews)
-            keep = torch.zeros(len(batch), dtype=torch.bool)
-            for p in dict.fromkeys(r.prompt for r in batch):
-                mine = [j for j, r in enumerate(batch) if r.prompt == p]
-                mine.sort(key=lambda j: -batch[j].scores[prune.scorer])  # stable: ties keep order
-                keep[mine[: prune.survivors(len(mine))]] = True
-            for row, survives in zip(batch, keep.tolist(), strict=True):
-                row.pruned_at = None if survives else step
-            return keep
-
-        group = max(collections.Counter(r.prompt for r in rows).values())
-        decoder = None if prune.preview == "vae" else self.generator.preview_decoder(prune.preview)
-        return Prune(step, judge, group, prune.survivors(group), decoder)
-
-    def record(self, batch: Batch, rows: list[Row]) -> None:
-        """Record every row a finished call covered, and score the images it finished."""
-        covered = rows[batch.start : batch.stop]
-        for position, row in enumerate(covered):
-            row.batch_index, row.batch_position, row.batch_size = self.calls, position, batch.size
-            row.generation_seconds = batch.seconds / len(covered)
-        self.calls += 1
-        finished = [rows[j] for j in batch.rows]
-        if not finished:
-            return
+    def score(self, candidates: Sequence[Candidate], images: torch.Tensor, timed: bool = True) -> None:
+        """Score ``images`` ((n, 3, H, W) in [0, 1] on the device, one per candidate) into the
+        rows; ``timed``: record each candidate's share of the seconds taken."""
         began = time.perf_counter()
-        self.score(finished, batch.images)
-        seconds = (time.perf_counter() - began) / len(finished)
-        for row, pixels in zip(finished, to_pixels(batch.images), strict=True):
-            row.pixels, row.scoring_seconds = pixels, seconds
+        batch = Candidates(images, [self.prompts[c.prompt].text for c in candidates])
+        for scorer in self.scorers:  # one CLIP image embedding per batch, shared by the scorers
+            for c, value in zip(candidates, scorer.score(batch).tolist(), strict=True):
+                c.row.scores[scorer.name] = value
+        if timed:
+            seconds = (time.perf_counter() - began) / len(candidates)
+            for c in candidates:
+                c.row.scoring_seconds = seconds
 
-    def settle(self, p: int) -> bool:
-        """Select prompt ``p`` over its candidates so far; if it has enough eligible ones or
-        no more may be made, write its images and return True, else leave it for a new round."""
-        rounds, mine = self.config.rounds, self.rows[p]
-        live = [r for r in mine if r.pruned_at is None]
-        scores = {s.name: np.array([r.scores[s.name] for r in live]) for s in self.scorers}
-        chosen = select(scores, [p] * len(live), self.config.select)
-        if chosen.eligible.sum() < rounds.until_kept and len(mine) < rounds.max:
+    def settle(self, p: int, until_kept: int | None = None) -> bool:
+        """Select prompt ``p`` over its candidates so far (pruned ones take no part). With
+        ``until_kept``, a prompt with fewer eligible candidates is left as it is for another
+        round (False); otherwise record the selection, start writing the images to save, and
+        return True."""
+        settings = self.source.settings
+        live = [c for c in self.candidates[p] if c.pruned_at is None]
+        scores = {s.name: np.array([c.row.scores[s.name] for c in live]) for s in self.scorers}
+        chosen = select(scores, [p] * len(live), settings.policy)
+        if until_kept is not None and chosen.eligible.sum() < until_kept:
             return False
-        for j, row in enumerate(live):
-            row.combined_score, row.rank = float(chosen.combined[j]), int(chosen.rank[j])
-            row.kept, row.reject_reason = bool(chosen.kept[j]), chosen.reason[j]
-        if self.config.prune:  # pruned candidates rank last, by their preview scores
-            pruned = [r for r in mine if r.pruned_at is not None]
-            pruned.sort(key=lambda r: -r.scores[self.config.prune.scorer])
-            for rank, row in enumerate(pruned, len(live) + 1):
-                row.rank, row.reject_reason = rank, f"{PRUNED}:{row.pruned_at}"
-        save = [r for r in live if r.kept or self.config.run.save_rejected]
-        host = torch.stack([r.pixels for r in save]).cpu().numpy() if save else []
-        for row, pixels in zip(save, host, strict=True):
-            row.image_path = image_relpath(self.run_id, self.candidate_id(row))
-            self.writes.append(
-                (row, self.pool.submit(write_png, Path(self.config.run.out), row.image_path, pixels))
-            )
-        for row in live:
-            row.pixels = None
+        for j, c in enumerate(live):
+            c.row.combined_score, c.row.rank = float(chosen.combined[j]), int(chosen.rank[j])
+            c.row.kept, c.row.reject_reason = bool(chosen.kept[j]), chosen.reason[j]
+        save = [c for c in live if c.row.kept or settings.save_rejected]
+        for c, (suffix, encode) in zip(save, self.source.encoders(save), strict=True):
+            c.row.image_path = image_relpath(c.row.run_id, c.row.candidate_id, suffix)
+            self.writes.append((c.row, self.pool.submit(self._write, c.row.image_path, encode)))
+        for c in live:
+            c.image = None
         return True
 
-    def finish(self) -> ShardOutcome:
+    def _write(self, relpath: str, encode: Callable[[], bytes]) -> str:
+        return write_image(self.source.settings.root, relpath, encode())
+
+    def finish(self) -> list[Row]:
+        """The rows, ordered by prompt and candidate index, once their images are written."""
         for row, future in self.writes:
             row.image_sha256 = future.result()
-        rows = [row for mine in self.rows for row in mine]
-        return ShardOutcome(rows, self.generator.oom_retries, self.generator.identity)
+        return [c.row for mine in self.candidates for c in mine]
 
 
-def run_shard(
-    config: Config, run_id: str, prompts: Sequence[Prompt], on_progress: Progress | None = None
-) -> ShardOutcome:
-    """Generate, score and select the candidates of ``prompts`` (in rounds, see the module
-    docstring) and write the images to keep under ``run.out``."""
-    rounds = config.rounds
+def run_shard(source: Source, on_progress: Progress | None = None) -> list[Row]:
+    """Make, score and select the shard's candidates and write the images to keep under the
+    catalog folder; the rows, ordered by prompt and candidate index."""
     report = on_progress or (lambda done, more: None)
     # One writer thread: zlib compression and sha256 release the GIL for most of their time,
-    # so it runs beside the pipeline's Python thread; more would compete with torch for cores.
+    # so it runs beside the device's Python thread; more would compete with torch for cores.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="winnow-write") as pool:
-        shard = _Shard(config, run_id, prompts, pool)
-        active = list(range(len(prompts)))
-        round_ = 0
-        while active:
-            counts = {p: min(rounds.min, rounds.max - len(shard.rows[p])) for p in active}
-            rows = shard.new_round(round_, counts)
-            if round_:
-                report(0, len(rows))
-            ends, carried = np.cumsum([counts[p] for p in active]), []
-            settled = 0  # prompts of `active` already settled or carried
-            requests = [shard.request(r) for r in rows]
-            for batch in shard.generator.generate(requests, shard.pruner(rows)):
-                shard.record(batch, rows)
-                while settled < len(active) and ends[settled] <= batch.stop:
-                    p = active[settled]
-                    if not shard.settle(p):
-                        carried.append(p)
-                    settled += 1
-                report(batch.stop - batch.start, 0)
-            active, round_ = carried, round_ + 1
+        shard = Shard(source, pool)
+        source.make(shard, report)
         return shard.finish()

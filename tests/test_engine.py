@@ -13,6 +13,7 @@ from winnow.models.errors import WinnowError
 from winnow.models.generator import Generator, GeneratorParams, Request, candidate_seed, load_pipeline
 from winnow.pipeline.config import load_config
 from winnow.pipeline.engine import run_shard
+from winnow.pipeline.generated import GeneratedSource
 from winnow.pipeline.prompts import read_prompts
 from winnow.pipeline.regenerate import read_png, regenerate
 from winnow.pipeline.shard import plan_shards, process_shard
@@ -87,10 +88,11 @@ def test_prompt_wise_selection_equals_selecting_the_whole_shard(make_config):
     # Batches of 4 over prompts of 3 candidates: prompts complete in the middle of batches.
     config = load_config(make_config(PROMPTS, generator={"batch_size": 4}, run={"candidates": 3}))
     prompts = read_prompts(config.prompts.path)
-    rows = run_shard(config, "run", prompts).rows
+    (plan,) = plan_shards("run", prompts, len(prompts))
+    rows = run_shard(GeneratedSource(config, plan))
     assert [r.seed for r in rows] == [candidate_seed(0, p.id, k) for p in prompts for k in range(3)]
     scores = {name: np.array([r.scores[name] for r in rows]) for name in config.scorers}
-    whole = select(scores, [r.prompt for r in rows], config.select)
+    whole = select(scores, [r.prompt_id for r in rows], config.select)
     np.testing.assert_array_equal([r.kept for r in rows], whole.kept)
     np.testing.assert_array_equal([r.rank for r in rows], whole.rank)
     np.testing.assert_array_equal([r.combined_score for r in rows], whole.combined)

@@ -56,7 +56,7 @@ def test_image_does_not_depend_on_its_batch(tiny_sd):
 def test_scheduler_override_and_identity(tiny_sd):
     gen = Generator(GeneratorParams(model=str(tiny_sd), steps=2, scheduler="EulerDiscreteScheduler"))
     identity = gen.identity
-    assert identity["scheduler"] == "EulerDiscreteScheduler"
-    assert identity["pipeline"] == "StableDiffusionPipeline"
-    assert (identity["width"], identity["height"], identity["dtype"]) == (16, 16, "float32")
-    assert len(identity["model_fingerprint"]) == 16
+    assert identity.scheduler == "EulerDiscreteScheduler"
+    assert identity.pipeline == "StableDiffusionPipeline"
+    assert (identity.width, identity.height, identity.dtype) == (16, 16, "float32")
+    assert identity.model_fingerprint is not None and len(identity.model_fingerprint) == 16

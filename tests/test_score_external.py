@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from winnow.catalog.query import read_catalog
 from winnow.catalog.report import render
 from winnow.flows.cli import app
-from winnow.pipeline.external import find_images
+from winnow.pipeline.images import find_images
 
 
 def noise(path: Path, size: tuple[int, int], seed: int) -> Path:
@@ -93,3 +93,31 @@ def test_prompts_from_csv_and_filename(tmp_path):
 
     result = CliRunner().invoke(app, ["score", str(folder), "--config", str(tmp_path / "none.yaml")])
     assert result.exit_code == 2 and result.output.startswith("error: config file not found")
+
+
+def test_save_rejected_copies_every_image_and_a_lost_part_is_redone(make_config, tmp_path):
+    folder = tmp_path / "earlier"
+    for i, (name, prompt) in enumerate([("a.png", "a cat"), ("b.jpg", "a cat"), ("c.png", "a dog")]):
+        noise(folder / name, (16, 16), i).with_suffix(".txt").write_text(prompt)
+    config = make_config(run={"shard_size": 1, "save_rejected": True})
+    root = tmp_path / "catalog"
+    args = ["score", str(folder), "--config", str(config), "--out", str(root), "--run-id", "mine"]
+    args += ["--device", "cpu"]
+
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "scored 3 images (3 kept, 0 files skipped, 0/2 shards already done)" in first.output
+    rows = read_catalog(root).sort_values("candidate_id", ignore_index=True)
+    assert set(rows["run_id"]) == {"mine"} and sorted(rows["shard_id"].unique()) == ["00000", "00001"]
+    assert (rows["device"] == "cpu").all() and rows["round"].isna().all()
+    for row in rows.itertuples():  # every image saved, byte for byte, under its id
+        source = folder / json.loads(row.prompt_meta)["file"]
+        assert row.image_path == f"images/mine/{row.candidate_id}{source.suffix}"
+        assert (root / row.image_path).read_bytes() == source.read_bytes()
+
+    (root / "runs" / "mine" / "shard-00001.parquet").unlink()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "1/2 shards already done" in again.output
+    redone = read_catalog(root).sort_values("candidate_id", ignore_index=True)
+    same = ["candidate_id", "shard_id", "kept", "rank", "image_path", "image_sha256"]
+    pd.testing.assert_frame_equal(redone[same], rows[same])
