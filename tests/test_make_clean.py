@@ -1,5 +1,6 @@
 """`make clean` removes build and run outputs only: never a file or folder that git tracks."""
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -26,7 +27,10 @@ def test_make_clean_names_no_tracked_path():
         pytest.skip("make is not installed")
     tracked = tracked_paths()
     assert {"catalog", "flows", "tests"} <= tracked
-    dry = subprocess.run(["make", "-n", "clean"], cwd=REPO, capture_output=True, check=True, text=True)
+    # Under `make test` this is a sub-make: without the parent's flags, and no "Entering directory".
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    command = ["make", "--no-print-directory", "-n", "clean"]
+    dry = subprocess.run(command, cwd=REPO, env=env, capture_output=True, check=True, text=True)
     words = [w.removeprefix("./").rstrip("/") for w in shlex.split(dry.stdout)]
     assert "rm" in words
     for word in words:  # a word that is a tracked path, or a glob that matches one
