@@ -157,6 +157,8 @@ class Row:
 
 @dataclass(frozen=True)
 class Column:
+    """One fixed catalog column, as the record declares it."""
+
     name: str
     type: pa.DataType
     doc: str
