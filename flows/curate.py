@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from winnow.catalog.cleanup import remove_stale_temps
+from winnow.catalog.manifest import generated_manifest, write_manifest
 from winnow.catalog.report import write_report
 from winnow.catalog.summary import read_run, score_table
 from winnow.flows import interrupt, progress
@@ -111,6 +112,7 @@ def _curate(config: Config) -> RunSummary:
     plans = plan_shards(run_id, prompts, config.run.shard_size)
     root = Path(config.run.out)
     remove_stale_temps(root / "runs" / run_id, root / "images" / run_id)  # left by a killed run
+    write_manifest(root, generated_manifest(config, run_id, len(prompts)))  # before any part
     progress.report(0, len(prompts) * config.rounds.min)
     shard_task = process_shard_task.with_options(retries=config.runner.retries)
     futures = shard_task.map(unmapped(config), plans)

@@ -1,4 +1,11 @@
-"""Regenerate a catalog row from what the catalog records, and check it against its hash."""
+"""Regenerate a catalog row from what the catalog records, and check it against its hash.
+
+The generator is rebuilt from the run's manifest (``winnow.catalog.manifest``): its resolved
+``generator`` section, so every setting the run used is used again (single-file config,
+channels-last, compile, VAE slicing, ...), and its pruning's preview decoder. Runs written
+before manifests existed are rebuilt from the rows' columns (model, steps, guidance, size,
+scheduler), which is faithful for runs that used no other generator setting.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from winnow.catalog.manifest import Manifest, ManifestError, find_manifest
 from winnow.catalog.writer import encode_png
 from winnow.models.errors import WinnowError
 from winnow.models.generator import Generator, GeneratorParams, Request, to_uint8
@@ -19,12 +27,13 @@ from winnow.models.sources import resolve
 from winnow.pipeline.engine import PRUNED
 
 
-def regenerate(shard_rows: pd.DataFrame, candidate_id: str) -> np.ndarray:
+def regenerate(shard_rows: pd.DataFrame, candidate_id: str, manifest: Manifest | None = None) -> np.ndarray:
     """The (H, W, 3) uint8 pixels of ``candidate_id``, regenerated.
 
     ``shard_rows`` are the rows of the candidate's shard: its whole pipeline call (same
     ``batch_index``, in ``batch_position`` order, padded and pruned as it was) is rerun, so the
-    result is bit-identical on the same device type, not merely close.
+    result is bit-identical on the same device type, not merely close. ``manifest`` is the
+    run's (None for a run without one: the generator is then rebuilt from the rows).
     """
     match = shard_rows[shard_rows["candidate_id"] == candidate_id]
     if match.empty:
@@ -33,32 +42,56 @@ def regenerate(shard_rows: pd.DataFrame, candidate_id: str) -> np.ndarray:
     pruned_at = _pruned_at(match)[0]
     if pruned_at:
         raise WinnowError(f"candidate {candidate_id!r} was pruned at step {pruned_at}: it has no final image")
-    if resolve(row["model"]).fingerprint != row["model_fingerprint"]:
-        raise WinnowError(
-            f"model {row['model']!r} has changed since the row was written "
-            f"(fingerprint {resolve(row['model']).fingerprint} != {row['model_fingerprint']})"
-        )
+    _check_unchanged(row["model"], row["model_fingerprint"])
+    params = _params(row, manifest)
     call = shard_rows[shard_rows["batch_index"] == row["batch_index"]].sort_values("batch_position")
-    params = GeneratorParams(
-        model=row["model"],
-        steps=int(row["steps"]),
-        guidance=float(row["guidance"]),
-        width=int(row["width"]),
-        height=int(row["height"]),
-        scheduler=row["scheduler"],
-        dtype=row["dtype"],
-        device=row["device"],
-        batch_size=int(row["batch_size"]),
-    )
     requests = [Request(r.prompt, r.negative_prompt, int(r.seed)) for r in call.itertuples()]
+    generator = Generator(params)
     steps = _pruned_at(call)
     prune = None
     if any(steps):  # replay the call's pruning: the same candidates stop at the same step
         survivors = torch.tensor([s == 0 for s in steps])
-        prune = Prune(max(steps), lambda rows, previews: survivors[rows])
-    batch = next(Generator(params).generate(requests, prune))
+        preview = (manifest.config.get("prune") or {}).get("preview", "vae") if manifest else "vae"
+        decoder = None if preview == "vae" else generator.preview_decoder(preview)
+        prune = Prune(max(steps), lambda rows, previews: survivors[rows], decoder=decoder)
+    batch = next(generator.generate(requests, prune))
     position = batch.rows.index(list(call["candidate_id"]).index(candidate_id))
     return to_uint8(batch.images[position : position + 1]).numpy()[0]
+
+
+def _params(row: pd.Series, manifest: Manifest | None) -> GeneratorParams:
+    """The generator settings of ``row``'s pipeline call: the manifest's resolved generator
+    section (the rows' columns without one), at the call's recorded batch size, on the
+    recorded device type and dtype."""
+    call = {"device": row["device"], "dtype": row["dtype"], "batch_size": int(row["batch_size"])}
+    if manifest is None:
+        return GeneratorParams(
+            model=row["model"],
+            steps=int(row["steps"]),
+            guidance=float(row["guidance"]),
+            width=int(row["width"]),
+            height=int(row["height"]),
+            scheduler=row["scheduler"],
+            **call,
+        )
+    if manifest.config_hash != row["config_hash"]:
+        raise ManifestError(
+            f"the manifest of run {manifest.run_id!r} has config hash {manifest.config_hash}, "
+            f"its rows {row['config_hash']}: it describes another run"
+        )
+    for key, model in manifest.models.items():
+        if key.startswith("generator."):
+            _check_unchanged(model.ref, model.fingerprint)
+    return GeneratorParams.model_validate({**manifest.config["generator"], **call})
+
+
+def _check_unchanged(ref: str, recorded: str | None) -> None:
+    """A ``WinnowError`` if the model ``ref`` no longer resolves to the ``recorded`` fingerprint."""
+    now = resolve(ref).fingerprint
+    if now != recorded:
+        raise WinnowError(
+            f"model {ref!r} has changed since the row was written (fingerprint {now} != {recorded})"
+        )
 
 
 def _pruned_at(rows: pd.DataFrame) -> list[int]:
@@ -106,7 +139,7 @@ def check_row(root: str | Path, candidate_id: str, run_id: str | None = None) ->
     if row["source"] != "generated":
         raise WinnowError(f"candidate {candidate_id!r} is an {row['source']} image: nothing to regenerate")
     shard = rows[(rows["run_id"] == row["run_id"]) & (rows["shard_id"] == row["shard_id"])]
-    pixels = regenerate(shard, candidate_id)
+    pixels = regenerate(shard, candidate_id, find_manifest(root, row["run_id"]))
     digest = hashlib.sha256(encode_png(pixels)).hexdigest()
     stored = row["image_sha256"] if isinstance(row["image_sha256"], str) else None
     return Check(row["run_id"], candidate_id, stored, digest, pixels)
