@@ -146,7 +146,9 @@ def regenerate_command(
 ) -> None:
     """Regenerate a catalog row from what it records and check it against its image hash.
 
-    Exit status 0 on a match, 1 on a mismatch.
+    The generator is rebuilt with every setting of the row's run, from the run's manifest
+    (runs/<run_id>/_manifest.json); a run written before manifests existed is rebuilt from its
+    rows. Exit status 0 on a match, 1 on a mismatch.
     """
     from winnow.catalog.writer import encode_png
     from winnow.pipeline.regenerate import check_row
