@@ -12,6 +12,7 @@ import pandas as pd
 from PIL import Image
 from typer.testing import CliRunner
 
+from winnow.catalog.manifest import read_manifest
 from winnow.catalog.query import read_catalog
 from winnow.catalog.report import render
 from winnow.flows.cli import app
@@ -110,6 +111,9 @@ def test_save_rejected_copies_every_image_and_a_lost_part_is_redone(make_config,
     rows = read_catalog(root).sort_values("candidate_id", ignore_index=True)
     assert set(rows["run_id"]) == {"mine"} and sorted(rows["shard_id"].unique()) == ["00000", "00001"]
     assert (rows["device"] == "cpu").all() and rows["round"].isna().all()
+    manifest = read_manifest(root, "mine")  # written before the parts, as for a generated run
+    assert manifest.source == "external" and {manifest.config_hash} == set(rows["config_hash"])
+    assert manifest.prompts.kind == "sidecar" and manifest.prompts.prompts == 2
     for row in rows.itertuples():  # every image saved, byte for byte, under its id
         source = folder / json.loads(row.prompt_meta)["file"]
         assert row.image_path == f"images/mine/{row.candidate_id}{source.suffix}"
