@@ -29,6 +29,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from winnow.catalog.writer import part_path
+from winnow.models.errors import WinnowError, first_line
 from winnow.pipeline import stop
 
 if TYPE_CHECKING:
@@ -49,6 +50,10 @@ class RunInterrupted(BaseException):
 
     A BaseException, like KeyboardInterrupt: Prefect records the flow run as crashed, and no
     ``except Exception`` on the way out takes it for an error."""
+
+
+class PrefectServerError(WinnowError):
+    """Prefect's temporary server did not start."""
 
 
 def exit_status() -> int:
@@ -133,7 +138,13 @@ def start_prefect_server() -> None:
     if PREFECT_API_URL.value() or _server is not None:
         return
     _server = _own_group_server()()
-    _server.start()
+    try:
+        _server.start()
+    except RuntimeError as err:  # it did not answer in time (a slow first start creates its database)
+        raise PrefectServerError(
+            f"{first_line(err)} Raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start "
+            "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+        ) from None
 
 
 @functools.cache
