@@ -3,7 +3,7 @@ Parquet table built from it. Every part, generated or external, is built by ``ta
 
 The record is the contract: each field carries its Arrow type and meaning, the schema is
 derived from the fields in order, and ``docs/catalog.md``'s column table is generated from it
-(``python -m winnow.catalog.schema docs/catalog.md``). Score columns are ``score_<scorer>``
+(``python -m winnow.docs``). Score columns are ``score_<scorer>``
 (float64, higher is better, null where a scorer did not run) and come last; everything else is
 fixed by ``SCHEMA_VERSION``. Bump the version when a column changes meaning; adding a scorer
 only adds a nullable column.
@@ -12,13 +12,10 @@ only adds a nullable column.
 from __future__ import annotations
 
 import json
-import re
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -207,13 +204,12 @@ def table(rows: Sequence[Row], scorers: Iterable[str]) -> pa.Table:
     return pa.table(data, schema=schema(scorers))
 
 
-# The generated column table in docs/catalog.md sits between these markers.
-BEGIN, END = "<!-- columns:begin -->", "<!-- columns:end -->"
 _TYPE_NAMES = {"float": "float32", "double": "float64", "timestamp[us, tz=UTC]": "timestamp (UTC)"}
 
 
 def columns_markdown() -> str:
-    """The catalog's columns as a Markdown table (column | type | meaning)."""
+    """The catalog's columns as a Markdown table (column | type | meaning): docs/catalog.md's
+    generated section (``python -m winnow.docs``)."""
     lines = [
         f"Schema version {SCHEMA_VERSION}.",
         "",
@@ -226,16 +222,3 @@ def columns_markdown() -> str:
         "| `score_<scorer>` | float64 | each scorer's score, higher is better (null where it did not run) |"
     )
     return "\n".join(lines)
-
-
-def with_columns(doc: str) -> str:
-    """``doc`` with the text between ``BEGIN`` and ``END`` replaced by ``columns_markdown()``."""
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
-    if not pattern.search(doc):
-        raise ValueError(f"no {BEGIN} ... {END} markers")
-    return pattern.sub(lambda _: f"{BEGIN}\n{columns_markdown()}\n{END}", doc, count=1)
-
-
-if __name__ == "__main__":  # python -m winnow.catalog.schema docs/catalog.md: regenerate its table
-    path = Path(sys.argv[1])
-    path.write_text(with_columns(path.read_text(encoding="utf-8")), encoding="utf-8")

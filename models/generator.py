@@ -46,10 +46,10 @@ class GeneratorParams(BaseModel):
     )
     steps: int = Field(30, ge=1, le=1000, description="denoising steps")
     guidance: float = Field(7.5, ge=0.0, description="classifier-free guidance scale (0 or 1 = off)")
-    width: int | None = Field(None, gt=0, multiple_of=8, description="pixels; None = model default")
-    height: int | None = Field(None, gt=0, multiple_of=8, description="pixels; None = model default")
+    width: int | None = Field(None, gt=0, multiple_of=8, description="pixels; unset = the model's default")
+    height: int | None = Field(None, gt=0, multiple_of=8, description="pixels; unset = the model's default")
     negative_prompt: str = Field("", description="used for prompts that carry none of their own")
-    scheduler: str | None = Field(None, description="a diffusers scheduler class name; None = model's")
+    scheduler: str | None = Field(None, description="a diffusers scheduler class name; unset = the model's")
     dtype: DType = Field("auto", description="auto = bfloat16/float16 on CUDA, float32 on CPU")
     device: str = Field("auto", description="auto = cuda when available, else cpu")
     batch_size: int = Field(

@@ -1,7 +1,8 @@
 """The run configuration: a YAML file validated by pydantic, with CLI overrides.
 
 Relative paths are relative to the directory ``winnow`` runs in. Every key is documented in
-the README ("Configuration"); unknown keys are errors, so a typo never passes silently.
+docs/config.md, generated from the Field descriptions (``python -m winnow.docs``); unknown keys
+are errors, so a typo never passes silently.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class RunConfig(_Section):
     run_id: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$",  # a folder name; never ".." or hidden
-        description="default: hash of config and prompts",
+        description="default: a hash of the config, the prompts and the model weights",
     )
     seed: int = Field(0, ge=0, description="run seed; candidate seeds derive from it")
     candidates: Annotated[
@@ -139,7 +140,7 @@ class RunConfig(_Section):
     ] = Field(4, description="N: candidates per prompt, or adaptive {min, max, until_kept}")
     shard_size: int = Field(8, ge=1, description="prompts per shard (one task, one Parquet part)")
     save_rejected: bool = Field(False, description="also write PNGs of candidates not kept")
-    contact_sheet: bool = Field(True, description="write contact-sheet.png (candidates vs kept)")
+    contact_sheet: bool = Field(True, description="write contact-sheet-<run_id>.png (candidates vs kept)")
 
 
 class RunnerConfig(_Section):
@@ -197,7 +198,7 @@ class Scoring(BaseModel):
         "and scorers naming the same one share one image embedding per batch",
     )
     scorers: dict[str, ScorerParams] = Field(description="scorer name -> its parameters")
-    select: Policy = Field(default_factory=Policy)
+    select: Policy = Field(default_factory=Policy, description="the policy that keeps candidates per prompt")
 
     @model_validator(mode="before")
     @classmethod
@@ -248,11 +249,13 @@ def _scorer_params(raw: Mapping[str, Any], named: dict[str, ClipSpec]) -> dict[s
 
 
 class Config(_Section, Scoring):
-    prompts: PromptsConfig
-    generator: GeneratorParams
+    prompts: PromptsConfig = Field(description="where the prompts come from: one of path, pool, template")
+    generator: GeneratorParams = Field(description="the text-to-image pipeline and how it is called")
     prune: PruneConfig | None = Field(None, description="early pruning (off by default)")
-    run: RunConfig = Field(default_factory=RunConfig)
-    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    run: RunConfig = Field(default_factory=RunConfig, description="the catalog, seeds, N, shards")
+    runner: RunnerConfig = Field(
+        default_factory=RunnerConfig, description="where the shard tasks run: Prefect's thread or Ray runner"
+    )
 
     @model_validator(mode="after")
     def _prune_fits(self) -> Config:

@@ -41,7 +41,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from winnow.models.errors import ModelNotFoundError, WinnowError
 from winnow.models.sources import resolve
@@ -77,12 +85,21 @@ def _looks_like_path(value: str) -> bool:
 
 
 class ClipSpec(BaseModel):
-    """Which CLIP to use: architecture (``model``) and weights (``pretrained``); see module doc."""
+    """Which CLIP to use: an architecture (``model``) and its weights (``pretrained``).
+
+    The module docstring lists the forms each one takes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str
-    pretrained: str | None = None
+    model: str = Field(
+        description="open_clip architecture (ViT-L-14), a model-config .json path, hf-hub:org/name, "
+        "local-dir:/path, or bundled:shapes-clip"
+    )
+    pretrained: str | None = Field(
+        None,
+        description="weights: an open_clip tag (openai), a local .safetensors/.pt/.bin checkpoint, or "
+        "hf-hub:org/name; required unless model brings its own (bundled:, hf-hub:, local-dir:)",
+    )
 
     @field_validator("model")
     @classmethod

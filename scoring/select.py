@@ -51,11 +51,21 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    keep: int = Field(default=1, ge=0)
-    weights: dict[str, float] = Field(default_factory=dict)
-    floors: dict[str, float] = Field(default_factory=dict)
-    ceilings: dict[str, float] = Field(default_factory=dict)
-    normalize: Literal["zscore", "rank", "none"] = "zscore"
+    keep: int = Field(default=1, ge=0, description="k: candidates kept per prompt")
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="scorer -> weight in the combined score (unlisted: 1.0; 0 = floors and ceilings "
+        "only; negative = lower is better)",
+    )
+    floors: dict[str, float] = Field(
+        default_factory=dict, description="scorer -> lowest eligible score, inclusive, in its units"
+    )
+    ceilings: dict[str, float] = Field(
+        default_factory=dict, description="scorer -> highest eligible score, inclusive, in its units"
+    )
+    normalize: Literal["zscore", "rank", "none"] = Field(
+        "zscore", description="how each scorer's scores are made comparable within a prompt"
+    )
 
     @model_validator(mode="after")
     def _check_values(self) -> Policy:
