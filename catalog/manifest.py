@@ -57,7 +57,7 @@ class ModelRef(_Frozen):
     ref: str = Field(description="the reference as configured (bundled:NAME, a path, a hub id)")
     fingerprint: str | None = Field(
         description="hub commit sha or content hash of the local files; None when not known "
-        "without a hub (hf-hub: references)"
+        "without a hub (remote references: hf-hub:, hf://, https://)"
     )
 
 
@@ -204,14 +204,15 @@ def external_manifest(
 
 def scorer_models(scorers: Mapping[str, Any]) -> dict[str, ModelRef]:
     """The model files each scorer's parameters name, by dotted key (``scorers.NAME.KEY``):
-    ``bundled:`` models, ``hf-hub:`` / ``local-dir:`` references and existing paths.
+    ``bundled:`` models, existing paths (``local-dir:`` too), and remote files (``hf-hub:``,
+    ``hf://``, ``https://``: their reference pins them or not, no fingerprint without the hub).
     Architecture names and pretrained tags (``ViT-L-14``, ``openai``) are no files: the config
     and the open_clip version record them."""
     found = {}
     for key, value in _strings(scorers, "scorers"):
         if value.startswith("bundled:"):
             found[key] = _resolved(value, pipeline=False)
-        elif value.startswith("hf-hub:"):
+        elif value.startswith(("hf-hub:", "hf://", "https://", "http://")):
             found[key] = ModelRef(ref=value, fingerprint=None)
         elif (path := Path(value.removeprefix("local-dir:")).expanduser()).exists():
             found[key] = ModelRef(ref=value, fingerprint=fingerprint(path))

@@ -188,12 +188,16 @@ def test_an_external_manifest(tmp_path, tiny_head):
     captions = tmp_path / "captions.csv"
     captions.write_text("file,prompt\na.png,a cat\n")
     clip = {"model": "ViT-L-14", "pretrained": "openai"}
-    config = {"scorers": {"aesthetic": {"clip": clip, "head": str(tiny_head)}}}
+    remote = "hf://org/heads@0123abc/head.safetensors"
+    config = {"scorers": {"aesthetic": {"clip": clip, "head": str(tiny_head)}, "other": {"head": remote}}}
     written = external_manifest("ext-1", config, "c" * 16, tmp_path, f"csv:{captions}", 1)
     assert written.source == "external" and written.config == config
     assert written.prompts.kind == "csv" and written.prompts.folder == str(tmp_path.resolve())
     assert written.prompts.sha256 == hashlib.sha256(captions.read_bytes()).hexdigest()
-    # Architecture names and pretrained tags are no files: only the head is a model file here.
+    # Architecture names and pretrained tags are no files: only the heads are model files here.
     head = ModelRef(ref=str(tiny_head), fingerprint=fingerprint(tiny_head))
-    assert written.models == {"scorers.aesthetic.head": head}
+    assert written.models == {
+        "scorers.aesthetic.head": head,
+        "scorers.other.head": ModelRef(ref=remote, fingerprint=None),
+    }
     assert write_manifest(tmp_path, written) == read_manifest(tmp_path, "ext-1")
