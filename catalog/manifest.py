@@ -138,7 +138,8 @@ def write_manifest(root: str | Path, manifest: Manifest) -> Manifest:
 
     An existing manifest is left as it is (a resumed run) if it describes the same run (same
     source and config hash), else it is a ``ManifestError``: the run id was reused for other
-    settings. Concurrent writers of one run write the same content with an atomic rename.
+    settings. Writers are serialised within a process; writers in several processes that all
+    find none each rename a whole file into place (the last one's ``created_at`` stays).
     """
     path = manifest_path(root, manifest.run_id)
     with _WRITE_LOCK:
