@@ -1,20 +1,31 @@
-"""Export catalog rows with an image file as a training set.
+"""Export catalog rows with an image file as a training set, with a dataset card.
 
-Formats (the consumer each is made for):
+Formats (the consumer each is made for), one folder or file group per split (``train``, and
+those ``split`` asks for, by prompt: ``winnow.catalog.splits``):
 
-- ``imagefolder``: ``<out>/<name>.png`` + ``<out>/metadata.jsonl`` (``file_name``, ``text`` =
-  the prompt, ids, seed, scores, ...) for Hugging Face ``load_dataset("imagefolder",
-  data_dir=out)`` and the diffusers text-to-image scripts (``--caption_column text``).
-- ``webdataset``: ``<out>/shard-000000.tar`` ... with ``<key>.png``, ``<key>.txt`` (the
-  caption) and ``<key>.json`` (the metadata) per sample, ``shard_size`` samples per tar;
-  keys are ``<run_id>/<candidate_id>``.
-- ``kohya``: ``<out>/<repeats>_<name>/<name>.png`` + ``<name>.txt`` caption side by side, the
-  layout kohya-ss/sd-scripts reads with ``--train_data_dir <out> --caption_extension .txt``.
+- ``imagefolder``: ``<out>/<split>/<name>.png`` + ``<out>/<split>/metadata.jsonl``
+  (``file_name`` and the sample's fields) for ``datasets.load_dataset(out)`` / ``"imagefolder"``
+  and the diffusers text-to-image scripts (``--caption_column text``).
+- ``webdataset``: ``<out>/<split>-000000.tar`` ... , ``shard_size`` samples per tar; each sample
+  is the members ``<run_id>/<candidate_id>.png`` (an external image keeps its suffix),
+  ``<run_id>/<candidate_id>.txt`` (the caption) and ``<run_id>/<candidate_id>.json`` (the
+  fields), so its webdataset key is ``<run_id>/<candidate_id>``.
+- ``parquet``: ``<out>/data/<split>-00000-of-0000N.parquet``, a new shard after ``shard_mb``
+  MB of images, 100 rows per row group; an ``image`` struct ``{bytes, path}`` column as
+  ``datasets`` writes it (the schema's ``huggingface`` metadata says it is an ``Image``), then
+  the fields. ``datasets.load_dataset("parquet", ...)`` and the hub viewer read it directly.
+- ``kohya``: ``<out>/<split>/<repeats>_<name>/<name>.png`` + the caption beside it
+  (``caption_extension``: ``.txt``, or sd-scripts' default ``.caption``), the layout
+  kohya-ss/sd-scripts reads with ``--train_data_dir <out>/train``.
 
-File names come from ids (``<run_id>_<candidate_id>``), never from prompt text. Only rows
-with an image file can be exported: kept rows, and rejected ones where the run saved them
-(``run.save_rejected``). Every image is checked against its recorded sha256 as it is copied;
-a missing or changed file is skipped and reported, never exported.
+The fields are the full catalog row plus the caption, split and image size
+(``winnow.catalog.export_fields``); ``<out>/README.md`` is the dataset card
+(``winnow.catalog.card``). File names come from ids (``<run_id>_<candidate_id>``), never from
+prompt text. Only rows with an image file can be exported: kept rows, and rejected ones where
+the run saved them (``run.save_rejected``). Every image is checked against its recorded
+sha256 as it is copied; a missing or changed file is skipped and reported, never exported.
+The export is written into a hidden folder beside ``out`` and renamed into place at the end,
+so a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -22,46 +33,47 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
+import os
 import re
+import shutil
 import tarfile
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from winnow.catalog.query import CatalogError, score_columns, select_rows
-
-Format = Literal["imagefolder", "webdataset", "kohya"]
-FORMATS: tuple[str, ...] = ("imagefolder", "webdataset", "kohya")
-METADATA_COLUMNS = (
-    "run_id",
-    "candidate_id",
-    "prompt_id",
-    "source",
-    "negative_prompt",
-    "seed",
-    "model",
-    "width",
-    "height",
-    "kept",
-    "rank",
-    "reject_reason",
-    "combined_score",
-    "image_sha256",
+from winnow.catalog.card import fields_of, run_infos, write_card
+from winnow.catalog.export_fields import (
+    card_features,
+    hf_features,
+    json_safe,
+    json_types,
+    parse_buckets,
+    record,
+    record_schema,
 )
+from winnow.catalog.query import CatalogError, score_columns, select_rows
+from winnow.catalog.splits import TRAIN, parse_splits, split_of
+
+FORMATS: tuple[str, ...] = ("imagefolder", "webdataset", "parquet", "kohya")
+CAPTION_EXTENSIONS = (".txt", ".caption")
+ROW_GROUP = 100  # Parquet rows per row group: small groups let the hub viewer page through images
+IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
 @dataclass
 class ExportResult:
-    """What an export wrote: ``samples`` images with captions, ``files`` (tar shards for
-    webdataset, else images), ``bytes`` written, and rows ``skipped`` as (row id, reason)."""
+    """What an export wrote: ``samples`` images with captions (per split in ``splits``), the
+    ``files`` under ``out`` and their ``bytes``, and rows ``skipped`` as (row id, reason)."""
 
     format: str
     out: Path
     samples: int = 0
     bytes: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
@@ -71,25 +83,6 @@ def sample_name(row: pd.Series) -> str:
     return f"{row['run_id']}_{row['candidate_id']}"
 
 
-def metadata(row: pd.Series) -> dict:
-    """The JSON-safe metadata of one row: ``text`` (the prompt), ids, seed, scores, ..."""
-    data: dict = {"text": row["prompt"]}
-    for column in (*METADATA_COLUMNS, *score_columns(list(row.index))):
-        data[column] = _plain(row.get(column))
-    return data
-
-
-def _plain(value: object) -> object:
-    """numpy/pandas scalars -> JSON values; NaN, ±inf and missing -> None."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if hasattr(value, "item"):
-        value = value.item()  # type: ignore[union-attr]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def export(
     root: str | Path,
     fmt: str,
@@ -97,40 +90,81 @@ def export(
     where: str | None = None,
     kept_only: bool = False,
     run_id: str | None = None,
+    *,
+    split: str | None = None,
+    split_seed: int = 0,
     shard_size: int = 1000,
+    shard_mb: float = 500,
     repeats: int = 1,
     name: str = "winnow",
+    caption_extension: str = ".txt",
+    buckets: str | None = None,
 ) -> ExportResult:
     """Export the rows of the catalog at ``root`` matching ``where`` (SQL over the view
     ``catalog``), ``run_id`` and ``kept_only`` that have an image, as ``fmt`` into ``out``
-    (created; must be empty). ``shard_size``: samples per tar (webdataset); ``repeats`` and
-    ``name``: the kohya folder ``<repeats>_<name>``."""
+    (created; must be absent or empty). ``split``: ``NAME=FRACTION,...`` by prompt, hashed with
+    ``split_seed``; ``shard_size``: samples per tar (webdataset); ``shard_mb``: MB of images
+    per Parquet shard; ``repeats``, ``name`` and ``caption_extension``: the kohya folder
+    ``<repeats>_<name>`` and its captions; ``buckets``: ``WxH,...`` sizes whose nearest aspect
+    ratio each sample records."""
     if fmt not in FORMATS:
         raise CatalogError(f"unknown export format {fmt!r} (use {', '.join(FORMATS)})")
-    if shard_size < 1 or repeats < 1:
-        raise CatalogError("shard size and repeats must be at least 1")
+    if shard_size < 1 or repeats < 1 or not shard_mb > 0:
+        raise CatalogError("shard size, shard MB and repeats must be positive")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _.-]*", name):
         raise CatalogError(f"kohya name {name!r}: use letters, digits, space, '_', '.', '-'")
+    if caption_extension not in CAPTION_EXTENSIONS:
+        raise CatalogError(f"caption extension {caption_extension!r}: use {' or '.join(CAPTION_EXTENSIONS)}")
+    spec, bucket_list = parse_splits(split), parse_buckets(buckets)
     root, out = Path(root), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CatalogError(f"export folder {out} exists and is not empty")
     rows = select_rows(root, where, run_id)
     if kept_only:
         rows = rows[rows["kept"].fillna(False).astype(bool)]
+    rows = rows[rows["image_path"].notna()].copy()
+    rows["split"] = [split_of(p, spec, split_seed) for p in rows["prompt_id"]]
+    runs = run_infos(root, rows)  # reads the manifests first: a broken one stops before any write
+    schema = record_schema(score_columns(list(rows.columns)), bool(bucket_list))
+
     result = ExportResult(fmt, out)
-    samples: list[tuple[pd.Series, bytes]] = []
-    for _, row in rows[rows["image_path"].notna()].iterrows():
-        data = _read_checked(root, row, result)
-        if data is not None:
-            samples.append((row, data))
-    out.mkdir(parents=True, exist_ok=True)
-    if fmt == "imagefolder":
-        _imagefolder(samples, out, result)
-    elif fmt == "webdataset":
-        _webdataset(samples, out, shard_size, result)
-    else:
-        _kohya(samples, out / f"{repeats}_{name}", result)
-    result.samples = len(samples)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        tmp.mkdir(parents=True)
+        writer = _writer(fmt, tmp, schema, shard_size, shard_mb, f"{repeats}_{name}", caption_extension)
+        exported: dict[str, list[pd.Series]] = defaultdict(list)
+        for split_name in (TRAIN, *spec):  # train first, then the spec's order
+            for _, row in rows[rows["split"] == split_name].iterrows():
+                data = _read_checked(root, row, result)
+                if data is not None:
+                    writer.add(split_name, row, data, record(row, split_name, data, schema, bucket_list))
+                    exported[split_name].append(row)
+        writer.close()
+        counts = {s: (len(r), len({row["prompt_id"] for row in r})) for s, r in exported.items()}
+        per_run = pd.Series([row["run_id"] for r in exported.values() for row in r]).value_counts()
+        for run in runs:
+            run.exported = int(per_run.get(run.run_id, 0))
+        write_card(
+            tmp,
+            out.name,
+            fmt,
+            counts,
+            {s: writer.data_files(s) for s in counts},
+            writer.card_features(schema),
+            fields_of(writer.fields(schema)),
+            [run for run in runs if run.exported],
+            spec,
+            split_seed,
+            caption_extension,
+        )
+        os.replace(tmp, out)  # out is absent or an empty folder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result.splits = {s: n for s, (n, _) in counts.items()}
+    result.samples = sum(result.splits.values())
+    result.files = sorted(p for p in out.rglob("*") if p.is_file())
+    result.bytes = sum(p.stat().st_size for p in result.files)
     return result
 
 
@@ -151,46 +185,177 @@ def _suffix(row: pd.Series) -> str:
     return Path(row["image_path"]).suffix.lower() or ".png"
 
 
-def _write(path: Path, data: bytes, result: ExportResult) -> None:
-    path.write_bytes(data)
-    result.bytes += len(data)
+def _writer(fmt, out, schema, shard_size, shard_mb, subset, caption_extension) -> _Writer:
+    if fmt == "imagefolder":
+        return _ImageFolder(out)
+    if fmt == "webdataset":
+        return _WebDataset(out, shard_size)
+    if fmt == "parquet":
+        return _Parquet(out, schema, int(shard_mb * 1e6))
+    return _Kohya(out, subset, caption_extension)
 
 
-def _imagefolder(samples: list[tuple[pd.Series, bytes]], out: Path, result: ExportResult) -> None:
-    lines = []
-    for row, data in samples:
+class _Writer:
+    """One format's files: ``add`` each sample (split by split), then ``close``."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def add(self, split: str, row: pd.Series, data: bytes, values: dict) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Finish the files (nothing to do for formats that write each sample as it comes)."""
+
+    def data_files(self, split: str) -> str:
+        """The card's glob (under ``out``) of ``split``'s files."""
+        return f"{split}/**"
+
+    def metadata(self, schema: pa.Schema) -> pa.Schema:
+        """The fields' types as the consumer reads them back (JSON's, by default)."""
+        return json_types(schema)
+
+    def fields(self, schema: pa.Schema) -> list[pa.Field]:
+        """A sample's fields as the consumer sees them: the image, then the metadata."""
+        return [pa.field("image", IMAGE_STRUCT), *self.metadata(schema)]
+
+    def card_features(self, schema: pa.Schema) -> list[dict] | None:
+        """The card's ``dataset_info`` features, or None where ``datasets`` should infer them."""
+        return [{"name": "image", "dtype": "image"}, *card_features(self.metadata(schema))]
+
+
+class _ImageFolder(_Writer):
+    def __init__(self, out: Path) -> None:
+        super().__init__(out)
+        self.lines: dict[str, list[str]] = defaultdict(list)
+
+    def add(self, split, row, data, values):
+        (self.out / split).mkdir(exist_ok=True)
         file_name = sample_name(row) + _suffix(row)
-        _write(out / file_name, data, result)
-        result.files.append(out / file_name)
-        lines.append(json.dumps({"file_name": file_name, **metadata(row)}, ensure_ascii=False))
-    _write(out / "metadata.jsonl", ("\n".join(lines) + "\n" if lines else "").encode(), result)
+        (self.out / split / file_name).write_bytes(data)
+        self.lines[split].append(
+            json.dumps({"file_name": file_name, **json_safe(values)}, ensure_ascii=False)
+        )
+
+    def close(self):
+        for split, lines in self.lines.items():
+            (self.out / split / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _webdataset(
-    samples: list[tuple[pd.Series, bytes]], out: Path, shard_size: int, result: ExportResult
-) -> None:
-    for number, start in enumerate(range(0, len(samples), shard_size)):
-        path = out / f"shard-{number:06d}.tar"
-        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-            for row, data in samples[start : start + shard_size]:
-                key = f"{row['run_id']}/{row['candidate_id']}"
-                meta = json.dumps(metadata(row), ensure_ascii=False, sort_keys=True).encode()
-                for member, payload in (
-                    (key + _suffix(row), data),
-                    (f"{key}.txt", str(row["prompt"]).encode()),
-                    (f"{key}.json", meta),
-                ):
-                    info = tarfile.TarInfo(member)
-                    info.size, info.mode, info.mtime = len(payload), 0o644, 0  # reproducible tars
-                    tar.addfile(info, io.BytesIO(payload))
-        result.bytes += path.stat().st_size
-        result.files.append(path)
+class _WebDataset(_Writer):
+    def __init__(self, out: Path, shard_size: int) -> None:
+        super().__init__(out)
+        self.shard_size = shard_size
+        self.tar: tarfile.TarFile | None = None
+        self.counts: dict[str, int] = defaultdict(int)  # samples written per split
+        self.suffixes: set[str] = set()
+
+    def add(self, split, row, data, values):
+        number, position = divmod(self.counts[split], self.shard_size)
+        if position == 0:
+            self._close_tar()
+            path = self.out / f"{split}-{number:06d}.tar"
+            self.tar = tarfile.open(path, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 (closed by close)
+        key = f"{row['run_id']}/{row['candidate_id']}"
+        self.suffixes.add(_suffix(row))
+        meta = json.dumps(json_safe(values), ensure_ascii=False, sort_keys=True).encode()
+        for member, payload in (
+            (key + _suffix(row), data),
+            (f"{key}.txt", values["text"].encode()),
+            (f"{key}.json", meta),
+        ):
+            info = tarfile.TarInfo(member)
+            info.size, info.mode, info.mtime = len(payload), 0o644, 0  # reproducible tars
+            self.tar.addfile(info, io.BytesIO(payload))
+        self.counts[split] += 1
+
+    def _close_tar(self):
+        if self.tar is not None:
+            self.tar.close()
+            self.tar = None
+
+    def close(self):
+        self._close_tar()
+
+    def data_files(self, split):
+        return f"{split}-*.tar"
+
+    def fields(self, schema):
+        return [pa.field("image", IMAGE_STRUCT), pa.field("text", pa.string()), *self.metadata(schema)]
+
+    def card_features(self, schema):
+        """datasets' webdataset builder: a column per member suffix (``png``, ``txt``,
+        ``json``: a struct of the fields), then ``__key__`` and ``__url__``."""
+        images = [{"name": s.removeprefix("."), "dtype": "image"} for s in sorted(self.suffixes)]
+        json_struct = {"name": "json", "struct": card_features(self.metadata(schema))}
+        text = {"name": "txt", "dtype": "string"}
+        keys = [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"}]
+        return [*images, text, json_struct, *keys]
 
 
-def _kohya(samples: list[tuple[pd.Series, bytes]], folder: Path, result: ExportResult) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for row, data in samples:
+class _Parquet(_Writer):
+    def __init__(self, out: Path, schema: pa.Schema, shard_bytes: int) -> None:
+        super().__init__(out)
+        # datasets reads the features from the schema's metadata: the image struct is an Image
+        features = {"info": {"features": hf_features(pa.schema(self.fields(schema)))}}
+        self.schema = pa.schema(self.fields(schema), metadata={"huggingface": json.dumps(features)})
+        self.shard_bytes = shard_bytes
+        self.shards: dict[str, list[Path]] = defaultdict(list)
+        self.writer: pq.ParquetWriter | None = None
+        self.batch: list[dict] = []
+        self.split: str | None = None  # of the open shard
+        self.size = 0  # image bytes in the open shard
+
+    def add(self, split, row, data, values):
+        if self.writer is None or self.size >= self.shard_bytes or split != self.split:
+            self._close_shard()
+            path = self.out / "data" / f"{split}-{len(self.shards[split]):05d}.parquet"
+            path.parent.mkdir(exist_ok=True)
+            self.shards[split].append(path)
+            self.writer, self.split, self.size = pq.ParquetWriter(path, self.schema), split, 0
+        self.batch.append({"image": {"bytes": data, "path": sample_name(row) + _suffix(row)}, **values})
+        self.size += len(data)
+        if len(self.batch) == ROW_GROUP:
+            self._flush()
+
+    def _flush(self):
+        if self.batch:
+            self.writer.write_table(pa.Table.from_pylist(self.batch, schema=self.schema))
+            self.batch = []
+
+    def _close_shard(self):
+        if self.writer is not None:
+            self._flush()
+            self.writer.close()
+            self.writer = None
+
+    def close(self):
+        self._close_shard()
+        for paths in self.shards.values():  # now that each split's shard count is known
+            for path in paths:
+                path.rename(path.with_name(f"{path.stem}-of-{len(paths):05d}.parquet"))
+
+    def data_files(self, split):
+        return f"data/{split}-*.parquet"
+
+    def metadata(self, schema):
+        return schema  # Parquet keeps the catalog's types
+
+
+class _Kohya(_Writer):
+    def __init__(self, out: Path, subset: str, caption_extension: str) -> None:
+        super().__init__(out)
+        self.subset, self.caption_extension = subset, caption_extension
+
+    def add(self, split, row, data, values):
+        folder = self.out / split / self.subset
+        folder.mkdir(parents=True, exist_ok=True)
         stem = sample_name(row)
-        _write(folder / (stem + _suffix(row)), data, result)
-        _write(folder / f"{stem}.txt", str(row["prompt"]).encode(), result)
-        result.files.append(folder / (stem + _suffix(row)))
+        (folder / (stem + _suffix(row))).write_bytes(data)
+        (folder / (stem + self.caption_extension)).write_text(values["text"], encoding="utf-8")
+
+    def fields(self, schema):
+        return [pa.field("image", IMAGE_STRUCT), pa.field("text", pa.string())]
+
+    def card_features(self, schema):
+        return None  # images and captions only: datasets' imagefolder reads the images

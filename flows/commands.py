@@ -169,25 +169,54 @@ def regenerate_command(
 
 
 def export_command(
-    format: Annotated[str, typer.Option("--format", help="imagefolder, webdataset or kohya")],
-    out: Annotated[Path, typer.Option(help="export folder (created; must be empty)")],
+    format: Annotated[str, typer.Option("--format", help="imagefolder, webdataset, parquet or kohya")],
+    out: Annotated[Path, typer.Option(help="export folder (created; must be absent or empty)")],
     where: Annotated[str | None, typer.Option(help="SQL condition over the view `catalog`")] = None,
     kept_only: Annotated[bool, typer.Option("--kept-only", help="only kept candidates")] = False,
     run: Annotated[str | None, typer.Option(help="only this run")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="NAME=FRACTION[,...] by prompt, e.g. validation=0.05; train gets the rest"),
+    ] = None,
+    split_seed: Annotated[int, typer.Option(help="seed of the prompt hash that assigns splits")] = 0,
     shard_size: Annotated[int, typer.Option(help="webdataset: samples per tar")] = 1000,
+    shard_mb: Annotated[float, typer.Option(help="parquet: MB of images per shard")] = 500,
     repeats: Annotated[int, typer.Option(help="kohya: repeats, the folder is <repeats>_<name>")] = 1,
     name: Annotated[str, typer.Option(help="kohya: concept name of the folder")] = "winnow",
+    caption_extension: Annotated[
+        str, typer.Option(help="kohya: captions' extension, .txt or .caption")
+    ] = ".txt",
+    buckets: Annotated[
+        str | None, typer.Option(help="WxH[,...]: record each image's nearest-aspect bucket (SDXL sizes)")
+    ] = None,
     catalog: Annotated[Path, typer.Argument(help="catalog folder")] = DEFAULT_CATALOG,
 ) -> None:
-    """Export rows that have an image file as a training set (images + captions + metadata)."""
+    """Export rows that have an image file as a training set: images, captions, the full row as
+    metadata, train/validation splits by prompt, and a dataset card (README.md)."""
     from winnow.catalog.export import export
 
     with _one_line_errors():
-        result = export(catalog, format, out, where, kept_only, run, shard_size, repeats, name)
+        result = export(
+            catalog,
+            format,
+            out,
+            where,
+            kept_only,
+            run,
+            split=split,
+            split_seed=split_seed,
+            shard_size=shard_size,
+            shard_mb=shard_mb,
+            repeats=repeats,
+            name=name,
+            caption_extension=caption_extension,
+            buckets=buckets,
+        )
     for row_id, why in result.skipped:
         err_console.print(f"skipped {row_id}: {why}", highlight=False)
+    splits = ", ".join(f"{s} {n}" for s, n in result.splits.items())
     err_console.print(
-        f"exported {result.samples} samples as {format} to [bold]{out}[/] "
+        f"exported {result.samples} samples ({splits or 'none'}) as {format} to [bold]{out}[/] "
         f"({len(result.files)} files, {result.bytes / 1e6:.2f} MB; {len(result.skipped)} skipped)"
     )
 
