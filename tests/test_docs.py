@@ -52,7 +52,8 @@ def _dotted(data: dict, prefix: str = "") -> set[str]:
 
 
 def test_the_config_reference_has_a_row_for_every_key_of_the_shipped_configs() -> None:
-    rows = [line.split("`")[1] for line in _section(ROOT / "docs" / "config.md", "config") if line.startswith("| `")]
+    lines = _section(ROOT / "docs" / "config.md", "config")
+    rows = [line.split("`")[1] for line in lines if line.startswith("| `")]
     listed = set(rows)
     assert len(listed) == len(rows)  # one row per key
     assert {"prune.at", "run.candidates.until_kept", "runner.retries", "scorers.aesthetic.head"} <= listed
