@@ -216,7 +216,7 @@ def _body(
     caption_extension: str,
 ) -> str:
     lines = [
-        f"# {title}",
+        f"# {title} (winnow export)",
         "",
         f"{total} text-to-image samples (image + caption) curated by winnow: each prompt's candidates were "
         "generated, scored and selected by the policy below, and every candidate was recorded in a "

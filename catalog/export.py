@@ -123,6 +123,8 @@ def export(
     if kept_only:
         rows = rows[rows["kept"].fillna(False).astype(bool)]
     rows = rows[rows["image_path"].notna()].copy()
+    if rows.empty:
+        raise CatalogError("no catalog rows with an image file match: nothing to export")
     rows["split"] = [split_of(p, spec, split_seed) for p in rows["prompt_id"]]
     runs = run_infos(root, rows)  # reads the manifests first: a broken one stops before any write
     schema = record_schema(score_columns(list(rows.columns)), bool(bucket_list))

@@ -17,6 +17,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from winnow.catalog import export as export_module
 from winnow.catalog.card import model_license, size_category
 from winnow.catalog.export_fields import nearest_bucket, parse_buckets
 from winnow.catalog.manifest import generated_manifest, manifest_path, write_manifest
@@ -356,8 +357,19 @@ def test_missing_images_are_skipped_and_errors_are_one_line(root, tmp_path):
         (["--format", "kohya", "--split", "validation=2"], "error: split 'validation'"),
         (["--format", "kohya", "--caption-extension", ".md"], "error: caption extension '.md'"),
         (["--format", "parquet", "--where", "no_such_column = 1"], "error: query failed"),
+        (["--format", "parquet", "--run", "nosuchrun"], "error: no catalog rows with an image file match"),
     ]:
         bad = runner.invoke(app, ["export", str(root), "--out", str(tmp_path / "b"), *args])
         assert bad.exit_code == 2 and bad.output.startswith(message), bad.output
         assert len(bad.output.strip().splitlines()) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # a failed export leaves nothing behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_a_failed_export_leaves_nothing_behind(root, tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_module, "write_card", full_disk)  # fails after every image is written
+    with pytest.raises(OSError, match="No space left"):
+        export_module.export(root, "imagefolder", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []  # neither the export folder nor its hidden partial one
