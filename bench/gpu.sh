@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU throughput benchmark (bench/gpu.py) for one H100/H200, a few minutes including set-up.
 # The device machine has torch but not diffusers/open_clip/pydantic: they come as wheels in
-# .whl/ (made beforehand: see README "Benchmarks"), installed to /tmp/site.
+# .whl/ (made beforehand: see bench/README.md), installed to /tmp/site.
 # Writes $OUT/gpu-<chip>.json when OUT is set (the device tool's folder), else bench/results/.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1

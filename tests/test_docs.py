@@ -142,7 +142,8 @@ def _anchors(doc: Path) -> set[str]:
 def test_every_relative_link_points_at_a_file_that_exists(doc: Path) -> None:
     text = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.DOTALL)
     links = re.findall(r"\]\(([^)\s]+)\)", text)
-    assert links or doc.name != "README.md" or doc.parent != ROOT
+    if doc == ROOT / "README.md":
+        assert len(links) >= 10  # the README points at the reference pages
     for link in links:
         if re.match(r"[a-z]+:", link):  # https:, mailto:
             continue
