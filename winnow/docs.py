@@ -57,7 +57,8 @@ def with_section(doc: str, name: str, content: str) -> str:
 
 @dataclass(frozen=True)
 class Key:
-    """One config key as the reference lists it (Markdown text in every field)."""
+    """One config key as the reference lists it: type and default as Markdown, the description
+    as its Field gives it (``config_markdown`` escapes it)."""
 
     name: str  # dotted, e.g. generator.steps; <name> stands for a name the user picks
     type: str
