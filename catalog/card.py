@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from importlib.metadata import metadata
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 from winnow.catalog.export_fields import dtype
@@ -59,46 +58,41 @@ class RunInfo:
     license: str | None = None  # of the generating model(s); None = unknown
 
 
-def run_infos(root: Path, exported: pd.DataFrame) -> list[RunInfo]:
+def run_infos(root: Path, exported: Sequence[Mapping]) -> list[RunInfo]:
     """One ``RunInfo`` per run among the ``exported`` rows (catalog rows with ``run_id``,
     ``source``, ``model``, ``model_fingerprint``), with its catalog-wide counts and manifest."""
-    if exported.empty:
+    ids = sorted({row["run_id"] for row in exported})
+    if not ids:
         return []
-    ids = sorted(exported["run_id"].unique())
     listed = ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
-    counts = (
-        query(
-            root,
-            "SELECT run_id, count(*) AS candidates, sum(CASE WHEN kept THEN 1 ELSE 0 END) AS kept "
-            f"FROM catalog WHERE run_id IN ({listed}) GROUP BY run_id",
-        )
-        .to_pandas()
-        .set_index("run_id")
-    )
+    counted = query(
+        root,
+        "SELECT run_id, count(*) AS candidates, sum(CASE WHEN kept THEN 1 ELSE 0 END) AS kept "
+        f"FROM catalog WHERE run_id IN ({listed}) GROUP BY run_id",
+    ).to_pylist()
+    counts = {c["run_id"]: (c["candidates"], c["kept"]) for c in counted}
     infos = []
     for run_id in ids:
-        rows = exported[exported["run_id"] == run_id]
+        rows = [row for row in exported if row["run_id"] == run_id]
         manifest = find_manifest(root, run_id)
-        source = manifest.source if manifest else str(rows["source"].iloc[0])
         if manifest is not None:
-            generators = [
-                (m.ref, m.fingerprint) for k, m in manifest.models.items() if k == "generator.model"
-            ]
-        else:
-            pairs = rows[["model", "model_fingerprint"]].drop_duplicates().dropna(subset=["model"])
-            generators = [(str(m), None if pd.isna(f) else str(f)) for m, f in pairs.itertuples(index=False)]
+            generator = manifest.models.get("generator.model")
+            generators = [(generator.ref, generator.fingerprint)] if generator else []
+        else:  # a run from before manifests: its rows name the model
+            pairs = {(r["model"], r.get("model_fingerprint")) for r in rows if r["model"]}
+            generators = sorted(pairs, key=str)
         licenses = {model_license(ref, fp) for ref, fp in generators}
-        known = None if (None in licenses or len(licenses) != 1) else licenses.pop()
+        candidates, kept = counts[run_id]
         infos.append(
             RunInfo(
                 run_id,
-                source,
-                int(counts.loc[run_id, "candidates"]),
-                int(counts.loc[run_id, "kept"]),
+                manifest.source if manifest else rows[0]["source"],
+                candidates,
+                kept,
                 len(rows),
                 manifest,
                 generators,
-                known,
+                licenses.pop() if len(licenses) == 1 else None,  # None: unknown, or several
             )
         )
     return infos

@@ -37,11 +37,10 @@ import os
 import re
 import shutil
 import tarfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -55,7 +54,7 @@ from winnow.catalog.export_fields import (
     record,
     record_schema,
 )
-from winnow.catalog.query import CatalogError, score_columns, select_rows
+from winnow.catalog.query import VIEW, CatalogError, query, score_columns
 from winnow.catalog.splits import TRAIN, parse_splits, split_of
 
 FORMATS: tuple[str, ...] = ("imagefolder", "webdataset", "parquet", "kohya")
@@ -78,7 +77,7 @@ class ExportResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def sample_name(row: pd.Series) -> str:
+def sample_name(row: dict) -> str:
     """``<run_id>_<candidate_id>``: unique in a catalog (candidate ids contain no ``_``)."""
     return f"{row['run_id']}_{row['candidate_id']}"
 
@@ -119,33 +118,32 @@ def export(
     root, out = Path(root), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CatalogError(f"export folder {out} exists and is not empty")
-    rows = select_rows(root, where, run_id)
-    if kept_only:
-        rows = rows[rows["kept"].fillna(False).astype(bool)]
-    rows = rows[rows["image_path"].notna()].copy()
-    if rows.empty:
+    rows = _select(root, where, run_id, kept_only)
+    if not rows:
         raise CatalogError("no catalog rows with an image file match: nothing to export")
-    rows["split"] = [split_of(p, spec, split_seed) for p in rows["prompt_id"]]
+    by_split: dict[str, list[dict]] = {s: [] for s in (TRAIN, *spec)}  # train first, then the spec's order
+    for row in rows:
+        by_split[split_of(row["prompt_id"], spec, split_seed)].append(row)
     runs = run_infos(root, rows)  # reads the manifests first: a broken one stops before any write
-    schema = record_schema(score_columns(list(rows.columns)), bool(bucket_list))
+    schema = record_schema(score_columns(list(rows[0])), bool(bucket_list))
 
     result = ExportResult(fmt, out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
         tmp.mkdir(parents=True)
         writer = _writer(fmt, tmp, schema, shard_size, shard_mb, f"{repeats}_{name}", caption_extension)
-        exported: dict[str, list[pd.Series]] = defaultdict(list)
-        for split_name in (TRAIN, *spec):  # train first, then the spec's order
-            for _, row in rows[rows["split"] == split_name].iterrows():
+        exported: dict[str, list[dict]] = defaultdict(list)
+        for split_name, split_rows in by_split.items():
+            for row in split_rows:
                 data = _read_checked(root, row, result)
                 if data is not None:
                     writer.add(split_name, row, data, record(row, split_name, data, schema, bucket_list))
                     exported[split_name].append(row)
         writer.close()
         counts = {s: (len(r), len({row["prompt_id"] for row in r})) for s, r in exported.items()}
-        per_run = pd.Series([row["run_id"] for r in exported.values() for row in r]).value_counts()
+        per_run = Counter(row["run_id"] for r in exported.values() for row in r)
         for run in runs:
-            run.exported = int(per_run.get(run.run_id, 0))
+            run.exported = per_run[run.run_id]
         write_card(
             tmp,
             out.name,
@@ -170,7 +168,22 @@ def export(
     return result
 
 
-def _read_checked(root: Path, row: pd.Series, result: ExportResult) -> bytes | None:
+def _select(root: Path, where: str | None, run_id: str | None, kept_only: bool) -> list[dict]:
+    """The rows with an image file matching ``where``, ``run_id`` and ``kept_only``, in catalog
+    order, as Python values straight from Arrow (pandas would turn an int64 column with nulls,
+    such as ``seed`` beside external images, into floats that lose digits)."""
+    conditions = ["image_path IS NOT NULL"]
+    if where:
+        conditions.append(f"({where})")
+    if kept_only:
+        conditions.append("kept")
+    if run_id:
+        conditions.append(f"run_id = '{run_id.replace(chr(39), chr(39) * 2)}'")
+    order = "ORDER BY run_id, shard_id, prompt_id, candidate_index"
+    return query(root, f"SELECT * FROM {VIEW} WHERE {' AND '.join(conditions)} {order}").to_pylist()
+
+
+def _read_checked(root: Path, row: dict, result: ExportResult) -> bytes | None:
     path = root / row["image_path"]
     try:
         data = path.read_bytes()
@@ -183,7 +196,7 @@ def _read_checked(root: Path, row: pd.Series, result: ExportResult) -> bytes | N
     return data
 
 
-def _suffix(row: pd.Series) -> str:
+def _suffix(row: dict) -> str:
     return Path(row["image_path"]).suffix.lower() or ".png"
 
 
@@ -203,7 +216,7 @@ class _Writer:
     def __init__(self, out: Path) -> None:
         self.out = out
 
-    def add(self, split: str, row: pd.Series, data: bytes, values: dict) -> None:
+    def add(self, split: str, row: dict, data: bytes, values: dict) -> None:
         raise NotImplementedError
 
     def close(self) -> None:

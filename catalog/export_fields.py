@@ -20,7 +20,6 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 
-import pandas as pd
 import pyarrow as pa
 from PIL import Image
 
@@ -68,12 +67,13 @@ def nearest_bucket(width: int, height: int, buckets: Sequence[Bucket]) -> Bucket
     return min(buckets, key=lambda b: abs(math.log(b[0] / b[1]) - ratio))
 
 
-def record(row: pd.Series, split: str, data: bytes, schema: pa.Schema, buckets: Sequence[Bucket]) -> dict:
-    """One sample's fields (``schema`` from ``record_schema``) as Python values: catalog values
-    as stored (NaN and missing -> None), the size read from the image bytes."""
+def record(row: dict, split: str, data: bytes, schema: pa.Schema, buckets: Sequence[Bucket]) -> dict:
+    """One sample's fields (``schema`` from ``record_schema``) as Python values: the catalog
+    ``row``'s values as stored (a column the row's part lacks is None), the size read from the
+    image bytes."""
     width, height = Image.open(io.BytesIO(data)).size  # reads the header only
     values: dict = {"text": row["prompt"], "split": split}
-    values |= {name: _plain(row.get(name)) for name in schema.names if name not in values}
+    values |= {name: row.get(name) for name in schema.names if name not in values}
     values |= {"original_width": width, "original_height": height, "aspect_ratio": round(width / height, 4)}
     if buckets:
         values["bucket_width"], values["bucket_height"] = nearest_bucket(width, height, buckets)
@@ -91,19 +91,6 @@ def json_safe(values: dict) -> dict:
             value = None
         out[name] = value
     return out
-
-
-def _plain(value: object) -> object:
-    """numpy/pandas scalars -> Python values; NaN, NaT and missing -> None."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
-    if hasattr(value, "item"):
-        value = value.item()  # type: ignore[union-attr]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def json_types(schema: pa.Schema) -> pa.Schema:

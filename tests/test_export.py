@@ -373,3 +373,38 @@ def test_a_failed_export_leaves_nothing_behind(root, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         export_module.export(root, "imagefolder", tmp_path / "out")
     assert list(tmp_path.iterdir()) == []  # neither the export folder nor its hidden partial one
+
+
+def test_a_catalog_with_external_images_keeps_exact_seeds_and_each_file_type(root, tmp_path, make_config):
+    datasets = pytest.importorskip("datasets")
+    mixed = tmp_path / "catalog"
+    shutil.copytree(root, mixed)
+    folder = tmp_path / "earlier"
+    folder.mkdir()
+    for name, size in (("wide.jpg", (32, 16)), ("square.png", (16, 16))):
+        Image.new("RGB", size, (200, 40, 40)).save(folder / name)
+        (folder / name).with_suffix(".txt").write_text("an old picture")
+    config = make_config(run={"save_rejected": True})
+    scored = CliRunner().invoke(app, ["score", str(folder), "--config", str(config), "--out", str(mixed)])
+    assert scored.exit_code == 0, scored.output
+    # seeds as stored: int64 beside the external rows' nulls (pandas would make them lossy floats)
+    seeds = {(r["run_id"], r["candidate_id"]): r["seed"] for r in pq.read_table(mixed / "runs").to_pylist()}
+    assert any(s is not None and s > 2**53 for s in seeds.values())  # digits a float64 would lose
+
+    out = tmp_path / "parquet"
+    export(mixed, out, "--format", "parquet", "--buckets", "16x16,32x16")
+    ds = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "a"))
+    assert len(ds) == 11 and {s["seed"] for s in ds if s["source"] == "external"} == {None}
+    assert all(s["seed"] == seeds[(s["run_id"], s["candidate_id"])] for s in ds)
+    wide = next(s for s in ds if s["original_width"] == 32)
+    assert (wide["aspect_ratio"], wide["bucket_width"], wide["bucket_height"]) == (2.0, 32, 16)
+    assert wide["image"].format == "JPEG"  # the external image's own bytes
+
+    wds_out = tmp_path / "wds"
+    export(mixed, wds_out, "--format", "webdataset")
+    by_card = datasets.load_dataset(str(wds_out), split="train", cache_dir=str(tmp_path / "b"))
+    kinds = [("jpg" if s["jpg"] is not None else "png") for s in by_card]  # one column per file type
+    assert sorted(kinds).count("jpg") == 1 and len(kinds) == 11
+    assert all(s["json"]["seed"] == seeds[(s["json"]["run_id"], s["json"]["candidate_id"])] for s in by_card)
+    _, body = card(wds_out)
+    assert "scored existing images: their license is their own" in body

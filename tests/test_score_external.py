@@ -73,7 +73,7 @@ def test_score_folder_with_sidecars(make_config, tmp_path):
         app, ["export", str(root), "--format", "kohya", "--out", str(tmp_path / "k")]
     )
     assert exported.exit_code == 0 and "exported 3 samples" in exported.output
-    assert len(list((tmp_path / "k" / "1_winnow").glob("*.jpg"))) == 1
+    assert len(list((tmp_path / "k" / "train" / "1_winnow").glob("*.jpg"))) == 1
     assert render(rows, root).count("<img ") == 3
 
 
