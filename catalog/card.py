@@ -320,7 +320,8 @@ _LOADING = {
     "imagefolder": (
         '`datasets.load_dataset(DIR)` (or `load_dataset("imagefolder", data_dir=DIR)`): one folder per '
         "split with the images and a `metadata.jsonl` (`file_name` + the fields above). diffusers' "
-        "`train_text_to_image.py --train_data_dir DIR --caption_column text` trains on `train`."
+        "`train_text_to_image.py --train_data_dir DIR/train --caption_column text` trains on `train` (it "
+        "reads every file under the folder it is given: `DIR` would take in the other splits too)."
     ),
     "webdataset": (
         '`datasets.load_dataset(DIR)` or `webdataset.WebDataset("DIR/train-{000000..N}.tar")`: tar shards '

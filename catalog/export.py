@@ -5,7 +5,7 @@ those ``split`` asks for, by prompt: ``winnow.catalog.splits``):
 
 - ``imagefolder``: ``<out>/<split>/<name>.png`` + ``<out>/<split>/metadata.jsonl``
   (``file_name`` and the sample's fields) for ``datasets.load_dataset(out)`` / ``"imagefolder"``
-  and the diffusers text-to-image scripts (``--caption_column text``).
+  and the diffusers text-to-image scripts (``--train_data_dir <out>/train --caption_column text``).
 - ``webdataset``: ``<out>/<split>-000000.tar`` ... , ``shard_size`` samples per tar; each sample
   is the members ``<run_id>/<candidate_id>.png`` (an external image keeps its suffix),
   ``<run_id>/<candidate_id>.txt`` (the caption) and ``<run_id>/<candidate_id>.json`` (the

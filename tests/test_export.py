@@ -125,8 +125,12 @@ def test_imagefolder_splits_full_rows_and_card_load_with_hf_datasets(root, split
             assert splits[sample["candidate_id"]] == name
             assert_full_row(sample, row, name)
             assert sample["image"].size == (row["width"], row["height"])
-    # the columns the diffusers text-to-image script reads by default
-    assert {"image", "text"} <= set(ds["train"].column_names)
+    # as the diffusers text-to-image script loads --train_data_dir DIR/train: train only, with
+    # the image and text columns it reads by default
+    diffusers_way = {"train": str(out / "train" / "**")}
+    trained = datasets.load_dataset("imagefolder", data_files=diffusers_way, cache_dir=str(tmp_path / "hf3"))
+    assert sorted(trained["train"]["candidate_id"]) == sorted(ds["train"]["candidate_id"])
+    assert {"image", "text"} <= set(trained["train"].column_names)
     # without a card, datasets' imagefolder builder reads the same folders
     plain = datasets.load_dataset("imagefolder", data_dir=str(out), cache_dir=str(tmp_path / "hf2"))
     assert {n: len(d) for n, d in plain.items()} == {n: len(d) for n, d in ds.items()}
