@@ -23,8 +23,9 @@ from torch import nn
 
 from winnow.models.errors import ModelNotFoundError, WinnowError
 from winnow.models.sources import check_file_ref, resolve_file
-from winnow.scoring.base import Candidates, Scorer, ScorerParams, register
-from winnow.scoring.clip import ClipRef, image_embeddings, load_clip
+from winnow.scoring.base import ScorerParams, register
+from winnow.scoring.clip import ClipRef, load_clip
+from winnow.scoring.head import HeadScorer
 
 _KEY = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
 
@@ -149,7 +150,7 @@ class AestheticParams(ScorerParams):
 
 
 @register
-class AestheticScorer(Scorer):
+class AestheticScorer(HeadScorer):
     """LAION aesthetic score of each image, on the head's scale: roughly 1-10 for the published
     head (around 5 is average, above 6.5 is "good"), higher is better. The prompt is ignored."""
 
@@ -168,10 +169,9 @@ class AestheticScorer(Scorer):
                 "was trained on (ViT-L-14 / openai for the LAION head)"
             )
 
-    def score(self, batch: Candidates) -> torch.Tensor:
-        """(n,) float32 CPU scores on the head's scale."""
+    def score_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(n, d) L2-normalised embeddings -> (n,) float32 CPU scores on the head's scale."""
         self.setup()  # cached after the first call; also validates the widths
         head = load_head(self.params.head, self.device)
-        embeddings = image_embeddings(batch, self.params.clip, self.device)
         with torch.inference_mode():
             return head(embeddings.to(next(head.parameters()).device)).float().cpu()
