@@ -30,7 +30,6 @@ from winnow.models.errors import first_line
 from winnow.pipeline.config import Config, ConfigError, load_config
 
 FLOW_NAME = "curate-scheduled"
-ENTRYPOINT = "winnow.flows.schedule.scheduled_curate"  # module path: works wherever winnow is installed
 
 
 @flow(name=FLOW_NAME, log_prints=False)
@@ -81,7 +80,7 @@ def build_deployment(
             description=f"winnow: curate {config} on cron {cron!r} ({timezone})",
             tags=["winnow"],
             concurrency_limit=1,  # a run due while one runs waits, then sees its catalog rows
-            entrypoint_type=EntrypointType.MODULE_PATH,
+            entrypoint_type=EntrypointType.MODULE_PATH,  # works wherever winnow is installed
         )
     except ValueError as err:  # pydantic's ValidationError is one too
         why = err.errors()[0]["msg"] if isinstance(err, ValidationError) else str(err).strip()

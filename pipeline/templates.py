@@ -30,7 +30,6 @@ from pathlib import Path
 from winnow.models.errors import WinnowError
 
 NAME = re.compile(r"[A-Za-z0-9_-]+")
-SPECIAL = "{}|\\"
 
 
 class TemplateError(WinnowError):
