@@ -36,8 +36,9 @@ from winnow.models.sources import fingerprint, resolve
 
 if TYPE_CHECKING:
     from winnow.pipeline.config import Config
+    from winnow.pipeline.score_config import ScoreConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: added ``embedding``
 FILENAME = "_manifest.json"
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")  # as RunConfig.run_id: a plain folder name
 _WRITE_LOCK = threading.Lock()  # threads of one process share the writer's temp-file name
@@ -73,6 +74,14 @@ class PromptSource(_Frozen):
     prompts: int = Field(ge=0, description="distinct prompts in the run")
 
 
+class Embedding(_Frozen):
+    """The CLIP image embeddings a run stores (``winnow.catalog.embeddings``)."""
+
+    clip: dict[str, Any] = Field(description="the CLIP spec that made them: {model, pretrained}")
+    dtype: Literal["float16"] = Field("float16", description="stored element type (L2-normalised first)")
+    stored: Literal["all", "kept"] = Field(description="run.embeddings: every candidate's, or kept ones'")
+
+
 class Manifest(_Frozen):
     """Everything a run was made with (one per run, ``runs/<run_id>/_manifest.json``)."""
 
@@ -91,6 +100,9 @@ class Manifest(_Frozen):
     versions: dict[str, str] = Field(description="package -> version, as the rows' `versions` column")
     prompts: PromptSource
     created_at: datetime = Field(description="when the manifest was written (UTC)")
+    embedding: Embedding | None = Field(
+        None, description="the stored image embeddings' CLIP; None when none are stored"
+    )
 
 
 def manifest_path(root: str | Path, run_id: str) -> Path:
@@ -176,7 +188,16 @@ def generated_manifest(config: Config, run_id: str, prompts: int) -> Manifest:
         versions=json.loads(VERSIONS),
         prompts=PromptSource(kind=kind, **_file(file), prompts=prompts),
         created_at=datetime.now(UTC),
+        embedding=embedding_record(config),
     )
+
+
+def embedding_record(config: Config | ScoreConfig) -> Embedding | None:
+    """What ``config``'s runs store of the CLIP image embeddings (None: nothing)."""
+    spec = config.stored_embedding
+    if spec is None or config.run.embeddings == "none":
+        return None
+    return Embedding(clip=spec.model_dump(mode="json"), stored=config.run.embeddings)
 
 
 def external_manifest(
@@ -186,6 +207,7 @@ def external_manifest(
     folder: str | Path,
     prompts_from: str,
     prompts: int,
+    embedding: Embedding | None = None,
 ) -> Manifest:
     """The manifest of a ``winnow score`` run: ``config`` holds its scorers, select and run
     settings, ``prompts_from`` is sidecar, filename or csv:FILE."""
@@ -200,6 +222,7 @@ def external_manifest(
         versions=json.loads(VERSIONS),
         prompts=PromptSource(kind=kind, **_file(csv), folder=str(Path(folder).resolve()), prompts=prompts),
         created_at=datetime.now(UTC),
+        embedding=embedding,
     )
 
 

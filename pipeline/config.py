@@ -34,6 +34,7 @@ from winnow.models.generator import GeneratorParams
 from winnow.pipeline.templates import TemplateError, parse
 from winnow.scoring.base import REGISTRY, ScorerParams
 from winnow.scoring.clip import NAMED, ClipSpec
+from winnow.scoring.head import embedding_spec
 from winnow.scoring.select import Policy
 
 M = TypeVar("M", bound=BaseModel)
@@ -141,6 +142,12 @@ class RunConfig(_Section):
     shard_size: int = Field(8, ge=1, description="prompts per shard (one task, one Parquet part)")
     save_rejected: bool = Field(False, description="also write PNGs of candidates not kept")
     contact_sheet: bool = Field(True, description="write contact-sheet-<run_id>.png (candidates vs kept)")
+    embeddings: Literal["all", "kept", "none"] = Field(
+        "all",
+        description="store the candidates' CLIP image embedding (float16, 2 bytes per dimension: "
+        "1.5 KB per row at 768-d) beside each part, for winnow rescore and winnow dedup: all "
+        "candidates, kept ones only, or none",
+    )
 
 
 class RunnerConfig(_Section):
@@ -211,7 +218,17 @@ class Scoring(BaseModel):
     @model_validator(mode="after")
     def _select_names_scorers(self) -> Scoring:
         self.select.check(list(self.scorers))
+        if self.select.dedup is not None and self.stored_embedding is None:
+            raise ValueError(
+                "select.dedup compares CLIP image embeddings: configure a scorer that uses a CLIP"
+            )
         return self
+
+    @property
+    def stored_embedding(self) -> ClipSpec | None:
+        """The CLIP whose image embedding is stored and deduplicated
+        (``winnow.scoring.head.embedding_spec``), or None when no scorer uses one."""
+        return embedding_spec(self.scorers)
 
     @field_serializer("scorers")
     def _scorers_as_given(self, scorers: dict[str, ScorerParams]) -> dict[str, dict[str, Any]]:
@@ -300,7 +317,9 @@ class Config(_Section, Scoring):
     def result_hash(self) -> str:
         """Hash of everything that changes the catalog's content (not where it goes). The
         ``clip`` section is left out: the specs the scorers use are in ``scorers``, inline."""
-        data = self.model_dump(mode="json", exclude={"run": {"out", "run_id"}, "runner": True, "clip": True})
+        # run.embeddings only adds files beside the parts: the rows are the same either way.
+        exclude = {"run": {"out", "run_id", "embeddings"}, "runner": True, "clip": True}
+        data = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

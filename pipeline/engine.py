@@ -20,15 +20,18 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
+from winnow.catalog.embeddings import embeddings_path, write_embeddings
 from winnow.catalog.schema import Generation, Row, candidate_id
 from winnow.catalog.writer import image_relpath, write_image
 from winnow.pipeline.prompts import Prompt
 from winnow.scoring.base import Candidates, build_scorers
+from winnow.scoring.clip import image_embeddings
+from winnow.scoring.head import embedding_spec
 from winnow.scoring.select import Policy, select
 
 PRUNED = "pruned_at_step"  # reject reason of a candidate pruning stopped: pruned_at_step:<S>
@@ -49,13 +52,15 @@ class ShardPlan:
 @dataclass(frozen=True)
 class Settings:
     """What every candidate goes through, whatever its source: the scorers ({name: params}),
-    the selection policy, the catalog folder, and the content hash its rows record."""
+    the selection policy, the catalog folder, the content hash its rows record, and whose CLIP
+    image embeddings are stored (``run.embeddings``)."""
 
     root: Path
     scorers: Mapping[str, Any]
     policy: Policy
     save_rejected: bool
     config_hash: str
+    embeddings: Literal["all", "kept", "none"] = "all"
 
 
 @dataclass(eq=False)
@@ -67,6 +72,7 @@ class Candidate:
     prompt: int
     image: Any = None  # generated: (H, W, 3) uint8 pixels on the device; external: its file
     pruned_at: int | None = None  # the denoising step pruning stopped it at, if it did
+    embedding: np.ndarray | None = None  # (d,) float32 L2-normalised CLIP image embedding
 
 
 class Source(ABC):
@@ -107,6 +113,11 @@ class Shard:
         self.scorers = build_scorers(source.settings.scorers, source.device)
         for scorer in self.scorers:
             scorer.setup()
+        settings = source.settings
+        # The one embedding the scorers share (the head scorers' CLIP): stored beside the part,
+        # and what within-prompt dedup compares.
+        wanted = settings.embeddings != "none" or settings.policy.dedup is not None
+        self.embedding = embedding_spec(settings.scorers) if wanted else None
         self.candidates: list[list[Candidate]] = [[] for _ in self.prompts]  # in index order
         self.writes: list[tuple[Row, Future[str]]] = []
 
@@ -141,6 +152,10 @@ class Shard:
         for scorer in self.scorers:  # one CLIP image embedding per batch, shared by the scorers
             for c, value in zip(candidates, scorer.score(batch).tolist(), strict=True):
                 c.row.scores[scorer.name] = value
+        if self.embedding is not None:  # memoised: the scorers computed it for this batch
+            vectors = image_embeddings(batch, self.embedding, self.source.device).float().cpu().numpy()
+            for c, vector in zip(candidates, vectors, strict=True):
+                c.embedding = vector
         if timed:
             seconds = (time.perf_counter() - began) / len(candidates)
             for c in candidates:
@@ -154,7 +169,12 @@ class Shard:
         settings = self.source.settings
         live = [c for c in self.candidates[p] if c.pruned_at is None]
         scores = {s.name: np.array([c.row.scores[s.name] for c in live]) for s in self.scorers}
-        chosen = select(scores, [p] * len(live), settings.policy)
+        if settings.policy.dedup is None:
+            chosen = select(scores, [p] * len(live), settings.policy)
+        else:
+            vectors = np.stack([c.embedding for c in live]) if live else None
+            ids = [c.row.candidate_id for c in live]
+            chosen = select(scores, [p] * len(live), settings.policy, vectors, ids)
         if until_kept is not None and chosen.eligible.sum() < until_kept:
             return False
         for j, c in enumerate(live):
@@ -172,10 +192,31 @@ class Shard:
         return write_image(self.source.settings.root, relpath, encode())
 
     def finish(self) -> list[Row]:
-        """The rows, ordered by prompt and candidate index, once their images are written."""
+        """The rows, ordered by prompt and candidate index, once their images and embeddings
+        are written (the part, written after this, completes the shard)."""
         for row, future in self.writes:
             row.image_sha256 = future.result()
+        self._write_embeddings()
         return [c.row for mine in self.candidates for c in mine]
+
+    def _write_embeddings(self) -> None:
+        """Store the embeddings of ``run.embeddings``'s rows: all candidates with a final image
+        (pruned ones have only a preview's), or only kept ones."""
+        mode = self.source.settings.embeddings
+        if self.embedding is None or mode == "none":
+            return
+        stored = [
+            c
+            for mine in self.candidates
+            for c in mine
+            if c.embedding is not None and c.pruned_at is None and (mode == "all" or c.row.kept)
+        ]
+        if stored:
+            plan = self.source.plan
+            path = embeddings_path(self.source.settings.root, plan.run_id, plan.shard_id)
+            write_embeddings(
+                path, [c.row.candidate_id for c in stored], np.stack([c.embedding for c in stored])
+            )
 
 
 def run_shard(source: Source, on_progress: Progress | None = None) -> list[Row]:

@@ -42,6 +42,7 @@ class GeneratedSource(Source):
             config.select,
             config.run.save_rejected,
             config.result_hash(),
+            config.run.embeddings,
         )
         super().__init__(plan, settings, self.generator.device)
         self.calls = 0  # pipeline calls so far, over all rounds: the catalog's batch_index

@@ -163,7 +163,12 @@ class ImageSource(Source):
         self.job = job
         config = job.config
         settings = Settings(
-            job.root, config.scorers, config.select, config.run.save_rejected, job.config_hash
+            job.root,
+            config.scorers,
+            config.select,
+            config.run.save_rejected,
+            job.config_hash,
+            config.run.embeddings,
         )
         super().__init__(plan, settings, resolve_device(job.device))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from winnow.catalog.manifest import external_manifest, write_manifest
+from winnow.catalog.manifest import embedding_record, external_manifest, write_manifest
 from winnow.pipeline.images import scan
 from winnow.pipeline.score_config import ScoreConfig
 from winnow.pipeline.shard import plan_shards, process_shard
@@ -36,7 +36,9 @@ def score_folder(
     job = scan(folder, prompts_from, config, root or config.run.out, device, run_id)
     settings = config.model_dump(mode="json", include={"scorers", "select", "run"})
     prompts = len(job.prompts)
-    manifest = external_manifest(job.run_id, settings, job.config_hash, folder, prompts_from, prompts)
+    manifest = external_manifest(
+        job.run_id, settings, job.config_hash, folder, prompts_from, prompts, embedding_record(config)
+    )
     write_manifest(job.root, manifest)  # before any part
     results = [
         process_shard(job, plan) for plan in plan_shards(job.run_id, job.prompts, config.run.shard_size)

@@ -14,11 +14,11 @@ the head in ``setup`` and implement ``score_embeddings``.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import torch
 
-from winnow.scoring.base import Candidates, Scorer
+from winnow.scoring.base import REGISTRY, Candidates, Scorer, ScorerParams
 from winnow.scoring.clip import ClipSpec, image_embeddings
 
 
@@ -40,12 +40,13 @@ class HeadScorer(Scorer):
         return self.score_embeddings(image_embeddings(batch, self.clip, self.device))
 
 
-def embedding_spec(scorers: Sequence[Scorer]) -> ClipSpec | None:
-    """The CLIP whose image embedding a run stores: the first head scorer's, else the first
-    scorer's with a ``clip`` setting (in config order); None when no scorer uses a CLIP."""
-    heads = [s for s in scorers if isinstance(s, HeadScorer)]
-    for scorer in [*heads, *scorers]:
-        spec = getattr(scorer.params, "clip", None)
+def embedding_spec(scorers: Mapping[str, ScorerParams]) -> ClipSpec | None:
+    """The CLIP whose image embedding a run stores, of ``scorers`` ({name: its Params}): the
+    first head scorer's, else the first scorer's with a ``clip`` setting (in config order);
+    None when no scorer uses a CLIP."""
+    heads = [name for name in scorers if issubclass(REGISTRY[name], HeadScorer)]
+    for name in [*heads, *scorers]:
+        spec = getattr(scorers[name], "clip", None)
         if isinstance(spec, ClipSpec):
             return spec
     return None

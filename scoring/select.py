@@ -22,6 +22,10 @@
    descending; ties are broken by position (earlier row first), so results are stable.
 4. **Kept**: the best ``keep`` eligible candidates of each prompt by that same order. Eligible
    candidates beyond the first ``keep`` get the reason ``not_top_k``.
+5. **Near-duplicates** (``dedup``, off by default): walking a prompt's eligible candidates in
+   that order, one whose CLIP image embedding has cosine >= ``dedup.cosine`` with a candidate
+   already kept is rejected ``near_duplicate:<candidate_id of that kept one>`` and the next
+   one is considered instead, so a prompt keeps ``keep`` pictures that differ.
 
 Normalisation is per prompt because scorers such as CLIP score are only comparable between
 images of the same prompt (some prompts are simply easier to match).
@@ -32,12 +36,33 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 INVALID, BELOW, ABOVE, NOT_TOP_K = "invalid_score", "below_floor", "above_ceiling", "not_top_k"
+NEAR_DUPLICATE = "near_duplicate"
+
+
+class Dedup(BaseModel):
+    """Within-prompt near-duplicate removal at selection (step 5 of the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cosine: float = Field(
+        gt=0,
+        le=1,
+        description="cosine of two candidates' CLIP image embeddings (the stored one) at or above "
+        "which the lower-ranked one is a near-duplicate",
+    )
 
 
 class Policy(BaseModel):
@@ -66,6 +91,17 @@ class Policy(BaseModel):
     normalize: Literal["zscore", "rank", "none"] = Field(
         "zscore", description="how each scorer's scores are made comparable within a prompt"
     )
+    dedup: Dedup | None = Field(
+        None, description="reject near-duplicates of a kept candidate of the same prompt (off: unset)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _unset_dedup_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Run ids hash the dumped policy: a policy without dedup dumps as it did before dedup.
+        data = handler(self)
+        if data.get("dedup", 0) is None:
+            del data["dedup"]
+        return data
 
     @model_validator(mode="after")
     def _check_values(self) -> Policy:
@@ -113,7 +149,8 @@ class Selection:
 
     @property
     def eligible(self) -> np.ndarray:
-        """bool (n,): passed every check (kept, or rejected only for ``not_top_k``)."""
+        """bool (n,): passed every check (kept, or rejected only for ``not_top_k``); a
+        near-duplicate is not eligible (adaptive N makes more candidates for its prompt)."""
         return np.array([r is None or r == NOT_TOP_K for r in self.reason], dtype=bool)
 
 
@@ -158,9 +195,15 @@ def select(
     scores: Mapping[str, np.ndarray],
     groups: Sequence[Hashable] | np.ndarray,
     policy: Policy,
+    embeddings: np.ndarray | None = None,
+    ids: Sequence[str] | None = None,
 ) -> Selection:
     """Apply ``policy`` to ``scores`` ({scorer: (n,) higher-is-better}) of candidates grouped
-    by prompt (``groups``: n hashable keys, e.g. prompt ids). See the module docstring."""
+    by prompt (``groups``: n hashable keys, e.g. prompt ids). See the module docstring.
+    ``policy.dedup`` needs ``embeddings`` ((n, d) L2-normalised) and ``ids`` (n candidate ids,
+    named in the reasons)."""
+    if policy.dedup is not None and (embeddings is None or ids is None):
+        raise ValueError("select.dedup needs the candidates' embeddings and ids")
     names = sorted(scores)
     policy.check(names)
     codes = _group_codes(groups)
@@ -210,6 +253,8 @@ def select(
     group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n) - group_start + 1
+    if policy.dedup is not None:
+        _near_duplicates(order, codes, eligible, reason, embeddings, ids, policy)
     eligible_sorted = eligible[order].astype(np.int64)
     cum = np.cumsum(eligible_sorted)
     before_group = np.r_[0, cum][group_start]  # eligible rows in earlier groups
@@ -218,3 +263,34 @@ def select(
     kept[order] = kept_sorted
     reason[eligible & ~kept] = NOT_TOP_K
     return Selection(combined=combined, rank=rank, kept=kept, reason=list(reason))
+
+
+def _near_duplicates(
+    order: np.ndarray,
+    codes: np.ndarray,
+    eligible: np.ndarray,
+    reason: np.ndarray,
+    embeddings: np.ndarray | None,
+    ids: Sequence[str] | None,
+    policy: Policy,
+) -> None:
+    """Step 5, in place: walk each prompt's eligible candidates best first; one too close to a
+    candidate that will be kept becomes ineligible with ``near_duplicate:<that id>``."""
+    assert policy.dedup is not None and embeddings is not None and ids is not None
+    vectors = np.asarray(embeddings, dtype=np.float32)
+    if vectors.shape[0] != codes.size:
+        raise ValueError(f"embeddings has {vectors.shape[0]} rows, expected {codes.size}")
+    kept: dict[int, list[int]] = {}  # prompt code -> rows kept so far
+    for i in order:
+        if not eligible[i]:
+            continue
+        mine = kept.setdefault(int(codes[i]), [])
+        if len(mine) >= policy.keep:
+            continue  # not_top_k: never compared, nothing of it is kept
+        similar = vectors[mine] @ vectors[i] if mine else np.zeros(0)
+        close = np.flatnonzero(similar >= policy.dedup.cosine)
+        if close.size:
+            eligible[i] = False
+            reason[i] = f"{NEAR_DUPLICATE}:{ids[mine[close[np.argmax(similar[close])]]]}"
+        else:
+            mine.append(int(i))
