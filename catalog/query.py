@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from winnow.models.errors import WinnowError
+from winnow.models.errors import WinnowError, first_line
 
 VIEW = "catalog"
 
@@ -102,8 +102,7 @@ def query(root: str | Path, sql: str) -> pa.Table:
     try:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CatalogError(f"query failed: {first}") from None
+        raise CatalogError(f"query failed: {first_line(err)}") from None
     finally:
         con.close()
 

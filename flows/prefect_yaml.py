@@ -19,6 +19,7 @@ from prefect.deployments.runner import RunnerDeployment
 from ruamel.yaml import YAML, YAMLError
 
 from winnow.catalog.writer import atomic_write
+from winnow.models.errors import first_line
 from winnow.pipeline.config import ConfigError
 
 SET_WORKDIR = "prefect.deployments.steps.set_working_directory"
@@ -55,7 +56,7 @@ def write_entry(file: Path, entry: dict[str, Any]) -> str:
         try:
             data = yaml.load(file.read_text(encoding="utf-8")) or {}
         except YAMLError as err:
-            raise ConfigError(f"{file}: not valid YAML ({str(err).strip().splitlines()[0]})") from None
+            raise ConfigError(f"{file}: not valid YAML ({first_line(err)})") from None
         if not isinstance(data, dict) or not isinstance(data.get("deployments") or [], list):
             raise ConfigError(f"{file}: expected a mapping with a 'deployments' list")
     else:

@@ -21,7 +21,7 @@ import torch
 from pydantic import AfterValidator, Field
 from torch import nn
 
-from winnow.models.errors import ModelNotFoundError, WinnowError
+from winnow.models.errors import ModelNotFoundError, WinnowError, first_line
 from winnow.models.sources import check_file_ref, resolve_file
 from winnow.scoring.base import ScorerParams, register
 from winnow.scoring.clip import ClipRef, load_clip
@@ -107,9 +107,9 @@ class AestheticHead(nn.Module):
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as err:
-            line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise HeadFormatError(
-                f"aesthetic head {str(path)!r} is not a safe tensor file ({type(err).__name__}: {line})"
+                f"aesthetic head {str(path)!r} is not a safe tensor file "
+                f"({type(err).__name__}: {first_line(err, limit=200)})"
             ) from None
         if not isinstance(state, dict):
             raise HeadFormatError(f"aesthetic head {str(path)!r} holds no state dict")

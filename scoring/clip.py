@@ -51,7 +51,7 @@ from pydantic import (
     model_validator,
 )
 
-from winnow.models.errors import ModelNotFoundError, WinnowError
+from winnow.models.errors import ModelNotFoundError, WinnowError, first_line
 from winnow.models.sources import resolve
 from winnow.scoring.base import Candidates
 
@@ -295,9 +295,9 @@ def _load(spec: ClipSpec, device: torch.device) -> LoadedClip:
                 f'where the hub is reachable: `python -c "import open_clip; '
                 f'open_clip.create_model({args})"`'
             ) from None
-        raise ClipLoadError(f"cannot load CLIP {what}: {_first_line(err)}") from None
+        raise ClipLoadError(f"cannot load CLIP {what}: {first_line(err, limit=300)}") from None
     except Exception as err:  # bad checkpoint file, architecture mismatch, unpickling refused...
-        raise ClipLoadError(f"cannot load CLIP {what}: {_first_line(err)}") from None
+        raise ClipLoadError(f"cannot load CLIP {what}: {first_line(err, limit=300)}") from None
     model.eval()
 
     pp = dict(model.visual.preprocess_cfg)
@@ -321,12 +321,6 @@ def _load(spec: ClipSpec, device: torch.device) -> LoadedClip:
         fill=float(pp.get("fill_color", 0)) / 255.0,  # open_clip's fill is in 0-255 pixel units
         embed_dim=embed_dim,
     )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    line = text[0] if text else type(err).__name__
-    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def _embed_dim(model: torch.nn.Module, image_size: tuple[int, int], device: torch.device) -> int:
