@@ -74,3 +74,56 @@ def build_tiny_aesthetic_head(
     else:
         torch.save(state, out)
     return out
+
+
+def build_small_clip_tokenizer(out_dir: str | Path, merges: int = 256):
+    """A transformers ``CLIPTokenizer`` with CLIP's BPE cut to its first ``merges`` merges
+    (a valid, smaller BPE: 512 byte tokens + ``merges`` + the two special tokens), saved into
+    ``out_dir`` as ``vocab.json`` + ``merges.txt``. Any text still tokenises (into smaller
+    pieces); ``<|endoftext|>`` keeps the highest id, as in CLIP."""
+    import gzip
+
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from transformers import CLIPTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with gzip.open(default_bpe(), "rt", encoding="utf-8") as bpe:
+        kept = bpe.read().split("\n")[1 : 1 + merges]
+    byte_chars = list(bytes_to_unicode().values())
+    vocab = [*byte_chars, *(c + "</w>" for c in byte_chars), *("".join(m.split()) for m in kept)]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(kept) + "\n")
+    return CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=77)
+
+
+# A PickScore-shaped CLIPModel: CLIP-H's layout (pre-LN ViT with a class token, causal text
+# transformer pooled at the end token, bias-free projections, a learnt logit scale) at toy widths.
+TINY_PICKSCORE_VISION = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64}
+TINY_PICKSCORE_TEXT = {"hidden_size": 32, "intermediate_size": 64, "max_position_embeddings": 77}
+for _tower in (TINY_PICKSCORE_VISION, TINY_PICKSCORE_TEXT):
+    _tower.update(num_hidden_layers=2, num_attention_heads=2, hidden_act="gelu")
+
+
+def build_tiny_pickscore(out_dir: str | Path, seed: int = 0, merges: int = 256) -> Path:
+    """Write a random PickScore-layout model into ``out_dir``: ``CLIPModel.save_pretrained``
+    (config.json + model.safetensors) beside its processor files as the LAION processor repo
+    has them (preprocessor_config.json; vocab.json + merges.txt of a small tokenizer from
+    ``build_small_clip_tokenizer``, and tokenizer.json), 32x32 input. Returns the folder."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    out = Path(out_dir)
+    tokenizer = build_small_clip_tokenizer(out, merges)
+    text = {**TINY_PICKSCORE_TEXT, "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    config = CLIPConfig(text_config=text, vision_config=TINY_PICKSCORE_VISION, projection_dim=16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config).eval()
+        # A scale other than the init's, so the tests see it applied.
+        model.logit_scale.data.fill_(3.0)
+    model.save_pretrained(out, safe_serialization=True)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
