@@ -127,3 +127,20 @@ def build_tiny_pickscore(out_dir: str | Path, seed: int = 0, merges: int = 256) 
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def build_tiny_hpsv2(out_dir: str | Path, seed: int = 0, name: str = "winnow-tiny-hps") -> tuple[Path, Path]:
+    """Write a random open_clip CLIP (``TINY_CLIP_CONFIG``) as an HPS v2.1 checkpoint: a pickle
+    of ``{"state_dict": {...}}`` with open_clip's key names, as ``HPS_v2.1_compressed.pt`` is.
+    Returns (model-config .json, checkpoint .pt); ``name`` is the architecture name."""
+    from open_clip.model import CLIP
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path, weights_path = out / f"{name}.json", out / "HPS_v2.1_compressed.pt"
+    config_path.write_text(json.dumps(TINY_CLIP_CONFIG, indent=2))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIP(**TINY_CLIP_CONFIG)
+    torch.save({"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}, weights_path)
+    return config_path, weights_path
