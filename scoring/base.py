@@ -44,7 +44,9 @@ class Candidates:
 
 
 class Scorer(ABC):
-    """Scores candidates; higher is better. Constructors are cheap; ``setup`` loads weights.
+    """Scores candidates; higher is better, except for safety scorers (``nsfw``: a probability
+    of unsafe content), which set ``default_weight = 0``. Constructors are cheap; ``setup``
+    loads weights.
 
     Subclasses set ``name`` (the key used in configs and as the catalog column
     ``score_<name>``) and ``Params`` (their pydantic parameter model).
@@ -52,6 +54,9 @@ class Scorer(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[ScorerParams]] = ScorerParams
+    # The scorer's weight in the combined score when ``select.weights`` does not list it: 0 for
+    # a scorer where higher is worse, which gates with ceilings and ranks nothing by default.
+    default_weight: ClassVar[float] = 1.0
 
     def __init__(self, params: ScorerParams, device: torch.device) -> None:
         self.params = params

@@ -12,8 +12,8 @@ head uses, so both heads share one CLIP pass per batch. Heads with the same layo
 widths load the same way.
 
 The score is a probability in [0, 1] where **higher is worse** (1 = NSFW): use it as a
-ceiling (``select.ceilings: {nsfw: 0.5}`` rejects ``above_ceiling:nsfw``) and give it no
-ranking weight (``select.weights: {nsfw: 0}``), or a negative one to prefer safer images.
+ceiling (``select.ceilings: {nsfw: 0.5}`` rejects ``above_ceiling:nsfw``). It has no ranking
+weight unless ``select.weights`` gives it one (a negative one prefers safer images).
 """
 
 from __future__ import annotations
@@ -133,6 +133,7 @@ class NSFWScorer(HeadScorer):
 
     name = "nsfw"
     Params = NSFWParams
+    default_weight = 0.0  # higher is worse: a ceiling gates on it, it ranks nothing unless weighted
     params: NSFWParams
 
     def setup(self) -> None:

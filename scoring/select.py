@@ -48,6 +48,8 @@ from pydantic import (
     model_validator,
 )
 
+from winnow.scoring.base import REGISTRY
+
 INVALID, BELOW, ABOVE, NOT_TOP_K = "invalid_score", "below_floor", "above_ceiling", "not_top_k"
 NEAR_DUPLICATE = "near_duplicate"
 
@@ -69,8 +71,9 @@ class Policy(BaseModel):
     """How to pick the kept candidates of each prompt (see the module docstring).
 
     ``weights`` gives each scorer's weight in the combined score; a scorer not listed weighs
-    1.0 (so ``{}`` weighs all equally, and 0 excludes a scorer from ranking while its floors and
-    ceilings still apply). Negative weights rank lower-is-better scorers. ``floors`` and
+    its ``default_weight``: 1.0 (so ``{}`` weighs all equally), 0 for safety scorers such as
+    ``nsfw`` where higher is worse. 0 excludes a scorer from ranking while its floors and
+    ceilings still apply; negative weights rank lower-is-better scorers. ``floors`` and
     ``ceilings`` are inclusive bounds in each scorer's own units.
     """
 
@@ -79,8 +82,9 @@ class Policy(BaseModel):
     keep: int = Field(default=1, ge=0, description="k: candidates kept per prompt")
     weights: dict[str, float] = Field(
         default_factory=dict,
-        description="scorer -> weight in the combined score (unlisted: 1.0; 0 = floors and ceilings "
-        "only; negative = lower is better)",
+        description="scorer -> weight in the combined score (unlisted: 1.0, but 0 for the safety "
+        "scorers nsfw and nudenet, where higher is worse; 0 = floors and ceilings only; negative = "
+        "lower is better)",
     )
     floors: dict[str, float] = Field(
         default_factory=dict, description="scorer -> lowest eligible score, inclusive, in its units"
@@ -128,8 +132,12 @@ class Policy(BaseModel):
                     )
 
     def weight(self, name: str) -> float:
-        """The weight of scorer ``name`` (1.0 unless listed)."""
-        return self.weights.get(name, 1.0)
+        """The weight of scorer ``name``: as listed, else its scorer's ``default_weight`` (1.0
+        for a name no scorer has)."""
+        if name in self.weights:
+            return self.weights[name]
+        scorer = REGISTRY.get(name)
+        return 1.0 if scorer is None else scorer.default_weight
 
 
 @dataclass(frozen=True, eq=False)  # arrays have no single truth value for ==

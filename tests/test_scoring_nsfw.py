@@ -185,10 +185,12 @@ def test_scorer_is_the_head_on_the_shared_normalised_embedding(
     np.testing.assert_allclose(nsfw.score_embeddings(stored).numpy(), got.numpy(), atol=1e-6, rtol=0)
 
 
-def test_a_ceiling_rejects_likely_nsfw_candidates_without_ranking_by_it() -> None:
-    clip_score = np.array([30.0, 25.0, 20.0, 28.0])
-    nsfw = np.array([0.9, 0.1, 0.2, 0.5])  # the last one sits on the ceiling: inclusive, it passes
-    policy = Policy(keep=2, weights={"nsfw": 0}, ceilings={"nsfw": 0.5})
-    chosen = select({"clip_score": clip_score, "nsfw": nsfw}, [0] * 4, policy)
+def test_a_ceiling_rejects_likely_nsfw_candidates_and_nsfw_ranks_nothing_unless_weighted() -> None:
+    scores = {"clip_score": np.array([30.0, 25.0, 20.0, 28.0]), "nsfw": np.array([0.9, 0.1, 0.2, 0.5])}
+    policy = Policy(keep=2, ceilings={"nsfw": 0.5})  # 0.5 sits on the ceiling: inclusive, it passes
+    assert policy.weight("nsfw") == 0 and policy.weight("clip_score") == 1
+    chosen = select(scores, [0] * 4, policy)
     assert chosen.reason == ["above_ceiling:nsfw", None, "not_top_k", None]
     assert chosen.rank.tolist() == [1, 3, 4, 2]  # by clip score alone
+    safer = select(scores, [0] * 4, policy.model_copy(update={"weights": {"nsfw": -10.0}}))
+    assert safer.rank.tolist() == [4, 1, 2, 3]  # a negative weight, when given, prefers safer images
