@@ -13,6 +13,11 @@ Two ways in:
 
 Only finished parts are read: the writer's temporary files are dot-files named ``*.tmp``,
 which neither the glob below nor pyarrow's dataset discovery picks up.
+
+Both ways join the side tables of later steps by ``(run_id, candidate_id)``, never rewriting a
+part: rescored scores (``winnow.catalog.rescore``) fill ``score_<scorer>`` where a part has
+none, and the dedup decisions (``winnow.catalog.dedup``) add ``dedup_kept``,
+``duplicate_of_run``, ``duplicate_of`` and ``dedup_cosine``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from winnow.catalog.dedup import COLUMNS as DEDUP_COLUMNS
+from winnow.catalog.dedup import decisions_path, read_decisions
+from winnow.catalog.rescore import read_rescored, rescored
+from winnow.catalog.schema import score_column
 from winnow.models.errors import WinnowError, first_line
 
 VIEW = "catalog"
@@ -68,7 +77,33 @@ def read_table(root: str | Path, run_id: str | None = None) -> pa.Table:
         table = table.append_column("source", pa.nulls(table.num_rows, pa.string()))
     source = table["source"].cast(pa.string())
     filled = pc.fill_null(source, "generated")
-    return table.set_column(table.column_names.index("source"), "source", filled)
+    table = table.set_column(table.column_names.index("source"), "source", filled)
+    return _join_side_tables(root, table)
+
+
+def _keys(table: pa.Table) -> pa.Array:
+    return pc.binary_join_element_wise(table["run_id"], table["candidate_id"], "\x1f")
+
+
+def _join_side_tables(root: str | Path, table: pa.Table) -> pa.Table:
+    """``table`` with the rescored scores and dedup decisions of its rows (module docstring)."""
+    sides = [(score_column(name), read_rescored(paths), "score") for name, paths in rescored(root).items()]
+    decisions = read_decisions(root)
+    if decisions is not None:
+        sides += [(column, decisions, column) for column in DEDUP_COLUMNS]
+    if not sides:
+        return table
+    keys = _keys(table)
+    for column, side, value in sides:
+        found = pc.take(side[value], pc.index_in(keys, value_set=_keys(side)))
+        if column in table.column_names:
+            position = table.column_names.index(column)
+            table = table.set_column(
+                position, column, pc.coalesce(table[column], found.cast(table[column].type))
+            )
+        else:
+            table = table.append_column(column, found)
+    return table
 
 
 def read_catalog(root: str | Path, run_id: str | None = None) -> pd.DataFrame:
@@ -92,8 +127,38 @@ def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
         select = "SELECT * REPLACE (coalesce(source, 'generated') AS source)"
     else:
         select = "SELECT *, 'generated' AS source"
-    con.execute(f"CREATE VIEW {VIEW} AS {select} FROM {source}")
+    con.execute(f"CREATE VIEW {VIEW} AS {_side_table_joins(root, f'{select} FROM {source}', columns)}")
     return con
+
+
+def _quoted(path: Path) -> str:
+    return "'" + str(path.resolve()).replace("'", "''") + "'"
+
+
+def _side_table_joins(root: str | Path, parts: str, columns: list[str]) -> str:
+    """The view's SQL: ``parts`` (a SELECT over the parts) with the side tables joined."""
+    replaced, added, joins = [], [], []
+    for k, (name, paths) in enumerate(rescored(root).items()):
+        files = ", ".join(_quoted(p) for p in paths)
+        joins.append(
+            f"LEFT JOIN (SELECT run_id, candidate_id, score FROM read_parquet([{files}])) r{k} "
+            f"ON p.run_id = r{k}.run_id AND p.candidate_id = r{k}.candidate_id"
+        )
+        column = score_column(name)
+        if column in columns:
+            replaced.append(f"coalesce(p.{column}, r{k}.score) AS {column}")
+        else:
+            added.append(f"r{k}.score AS {column}")
+    if decisions_path(root).exists():
+        joins.append(
+            f"LEFT JOIN read_parquet({_quoted(decisions_path(root))}) d "
+            "ON p.run_id = d.run_id AND p.candidate_id = d.candidate_id"
+        )
+        added += [f"d.{column}" for column in DEDUP_COLUMNS]
+    if not joins:
+        return parts
+    star = f"p.* REPLACE ({', '.join(replaced)})" if replaced else "p.*"
+    return f"SELECT {', '.join([star, *added])} FROM ({parts}) p {' '.join(joins)}"
 
 
 def query(root: str | Path, sql: str) -> pa.Table:
