@@ -16,17 +16,12 @@ from winnow.scoring.aesthetic import AestheticHead, AestheticScorer, HeadFormatE
 from winnow.scoring.base import REGISTRY, Candidates
 from winnow.scoring.clip import ClipSpec, encode_images, load_clip
 from winnow.scoring.clip_score import ClipScoreScorer
-from winnow.scoring.testing import build_tiny_aesthetic_head, build_tiny_clip
+from winnow.scoring.testing import build_tiny_aesthetic_head
 
 CPU = torch.device("cpu")
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 LAION = SHARED / "weights" / "laion-aesthetic" / "sac+logos+ava1-l14-linearMSE.pth"
 needs_laion = pytest.mark.skipif(not LAION.exists(), reason=f"LAION head not found at {LAION}")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> ClipSpec:
-    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), seed=5)
 
 
 def reference_mlp(state: dict[str, torch.Tensor], x: np.ndarray) -> np.ndarray:
@@ -123,39 +118,39 @@ def test_rejects_non_laion_state_dicts(tmp_path: Path, state: dict, match: str) 
         AestheticHead.from_file(path)
 
 
-def test_missing_head_is_model_not_found(tiny: ClipSpec) -> None:
+def test_missing_head_is_model_not_found(tiny_clip: ClipSpec) -> None:
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         AestheticHead.from_file("/nonexistent/head.pth")
-    scorer = AestheticScorer(AestheticScorer.Params(clip=tiny, head="/nonexistent/head.pth"), CPU)
+    scorer = AestheticScorer(AestheticScorer.Params(clip=tiny_clip, head="/nonexistent/head.pth"), CPU)
     with pytest.raises(ModelNotFoundError, match=r"aesthetic head '/nonexistent/head.pth' does not exist"):
         scorer.setup()
 
 
 @needs_laion
-def test_head_and_clip_widths_must_agree(tiny: ClipSpec) -> None:
-    scorer = AestheticScorer(AestheticScorer.Params(clip=tiny, head=str(LAION)), CPU)
+def test_head_and_clip_widths_must_agree(tiny_clip: ClipSpec) -> None:
+    scorer = AestheticScorer(AestheticScorer.Params(clip=tiny_clip, head=str(LAION)), CPU)
     with pytest.raises(HeadFormatError, match=r"takes 768-d embeddings but CLIP .* gives 32-d"):
         scorer.setup()
 
 
-def test_scorer_is_head_of_normalised_clip_embedding(tiny: ClipSpec, tmp_path: Path) -> None:
+def test_scorer_is_head_of_normalised_clip_embedding(tiny_clip: ClipSpec, tmp_path: Path) -> None:
     assert REGISTRY["aesthetic"] is AestheticScorer
     head_file = build_tiny_aesthetic_head(tmp_path / "head.safetensors", dim=32, seed=2)
-    scorer = AestheticScorer(AestheticScorer.Params(clip=tiny, head=str(head_file)), CPU)
+    scorer = AestheticScorer(AestheticScorer.Params(clip=tiny_clip, head=str(head_file)), CPU)
     scorer.setup()
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     got = scorer.score(Candidates(images=images, prompts=["ignored"] * 4))
     assert got.dtype == torch.float32 and got.device.type == "cpu" and got.shape == (4,)
     from safetensors.torch import load_file
 
-    embeddings = encode_images(images, tiny, CPU).double().numpy()
+    embeddings = encode_images(images, tiny_clip, CPU).double().numpy()
     np.testing.assert_allclose(
         got.numpy(), reference_mlp(load_file(str(head_file)), embeddings), atol=1e-5, rtol=0
     )
 
 
 def test_head_named_by_a_hub_reference(
-    tiny: ClipSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_clip: ClipSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import huggingface_hub
 
@@ -170,13 +165,13 @@ def test_head_named_by_a_hub_reference(
     )
     resolve_file.cache_clear()
     ref = f"hf://org/heads@{commit}/laion/head.safetensors"
-    scorer = AestheticScorer(AestheticScorer.Params(clip=tiny, head=ref), CPU)
+    scorer = AestheticScorer(AestheticScorer.Params(clip=tiny_clip, head=ref), CPU)
     scorer.setup()
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     got = scorer.score(Candidates(images=images, prompts=["ignored"] * 3))
     from safetensors.torch import load_file
 
-    embeddings = encode_images(images, tiny, CPU).double().numpy()
+    embeddings = encode_images(images, tiny_clip, CPU).double().numpy()
     expected = reference_mlp(load_file(str(cached)), embeddings)
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-5, rtol=0)
     assert asked == [("org/heads", "laion/head.safetensors")]  # once: later batches use the resolved file
@@ -184,16 +179,16 @@ def test_head_named_by_a_hub_reference(
 
 
 def test_clip_score_and_aesthetic_share_one_image_embedding(
-    tiny: ClipSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_clip: ClipSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     head_file = build_tiny_aesthetic_head(tmp_path / "head.safetensors", dim=32)
     scorers = [
-        ClipScoreScorer(ClipScoreScorer.Params(clip=tiny), CPU),
-        AestheticScorer(AestheticScorer.Params(clip=tiny, head=str(head_file)), CPU),
+        ClipScoreScorer(ClipScoreScorer.Params(clip=tiny_clip), CPU),
+        AestheticScorer(AestheticScorer.Params(clip=tiny_clip, head=str(head_file)), CPU),
     ]
     for scorer in scorers:
         scorer.setup()
-    model = load_clip(tiny, CPU).model
+    model = load_clip(tiny_clip, CPU).model
     calls: list[int] = []
     real = model.encode_image
     monkeypatch.setattr(model, "encode_image", lambda x: calls.append(len(x)) or real(x))

@@ -35,11 +35,6 @@ from winnow.scoring.testing import TINY_CLIP_CONFIG, build_tiny_clip
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> ClipSpec:
-    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
-
-
 def images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     """Pixels in [0.25, 0.75]: bicubic resizing then never leaves [0, 1], so the reference
     transform (which does not clamp) and ours agree exactly."""
@@ -62,12 +57,12 @@ def test_unknown_architecture_is_a_config_error() -> None:
         ClipScoreScorer.Params.model_validate({"clip": {"model": "ViT-Nope-99", "pretrained": "x"}})
 
 
-def test_a_scorer_names_a_clip_from_the_validation_context(tiny: ClipSpec) -> None:
-    named = {"small": tiny}
+def test_a_scorer_names_a_clip_from_the_validation_context(tiny_clip: ClipSpec) -> None:
+    named = {"small": tiny_clip}
     params = ClipScoreScorer.Params.model_validate({"clip": "small"}, context={NAMED: named})
-    assert params.clip is tiny  # the very spec: scorers naming it share its model and embeddings
-    inline = ClipScoreScorer.Params.model_validate({"clip": tiny.model_dump()}, context={NAMED: named})
-    assert inline.clip == tiny
+    assert params.clip is tiny_clip  # the very spec: scorers naming it share its model and embeddings
+    inline = ClipScoreScorer.Params.model_validate({"clip": tiny_clip.model_dump()}, context={NAMED: named})
+    assert inline.clip == tiny_clip
     with pytest.raises(ValidationError, match=r"CLIP 'big' is not named in the top-level clip.*named: small"):
         ClipScoreScorer.Params.model_validate({"clip": "big"}, context={NAMED: named})
     with pytest.raises(ValidationError, match=r"named: none"):
@@ -142,17 +137,17 @@ def test_openai_tags_get_quick_gelu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "force_quick_gelu" not in seen
 
 
-def test_bad_config_and_mismatched_checkpoint_are_load_errors(tmp_path: Path, tiny: ClipSpec) -> None:
+def test_bad_config_and_mismatched_checkpoint_are_load_errors(tmp_path: Path, tiny_clip: ClipSpec) -> None:
     not_config = tmp_path / "notclip.json"
     not_config.write_text(json.dumps({"hello": 1}))
     with pytest.raises(ClipLoadError, match="not an open_clip model config") as err:
-        load_clip(ClipSpec(model=str(not_config), pretrained=tiny.pretrained), CPU)
+        load_clip(ClipSpec(model=str(not_config), pretrained=tiny_clip.pretrained), CPU)
     one_line(err)
     wider = dict(TINY_CLIP_CONFIG, embed_dim=16)
     other = tmp_path / "winnow-tiny-clip-16.json"
     other.write_text(json.dumps(wider))
     with pytest.raises(ClipLoadError, match="cannot load CLIP") as err:
-        load_clip(ClipSpec(model=str(other), pretrained=tiny.pretrained), CPU)
+        load_clip(ClipSpec(model=str(other), pretrained=tiny_clip.pretrained), CPU)
     one_line(err)
 
 
@@ -166,11 +161,11 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
-def test_pickle_checkpoint_cannot_run_code(tmp_path: Path, tiny: ClipSpec) -> None:
+def test_pickle_checkpoint_cannot_run_code(tmp_path: Path, tiny_clip: ClipSpec) -> None:
     marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
     torch.save({"state_dict": _Payload(marker)}, evil)
     with pytest.raises(ClipLoadError) as err:
-        load_clip(ClipSpec(model=tiny.model, pretrained=str(evil)), CPU)
+        load_clip(ClipSpec(model=tiny_clip.model, pretrained=str(evil)), CPU)
     one_line(err)
     assert not marker.exists()
 
@@ -215,8 +210,8 @@ def test_bundled_shapes_clip_loads() -> None:
 
 
 @pytest.mark.parametrize("size", [(32, 32), (48, 40), (40, 64), (20, 28)])
-def test_preprocess_matches_open_clip_inference_transform(tiny: ClipSpec, size: tuple[int, int]) -> None:
-    loaded = load_clip(tiny, CPU)
+def test_preprocess_matches_open_clip_inference_transform(tiny_clip: ClipSpec, size: tuple[int, int]) -> None:
+    loaded = load_clip(tiny_clip, CPU)
     reference = image_transform_v2(PreprocessCfg(**loaded.model.visual.preprocess_cfg), is_train=False)
     x = images(3, *size)
     expected = torch.stack([reference(img) for img in x])
@@ -227,8 +222,8 @@ def _with_mode(base: LoadedClip, mode: str) -> LoadedClip:
     return LoadedClip(**{**base.__dict__, "resize_mode": mode})
 
 
-def test_squash_mode_matches_open_clip(tiny: ClipSpec) -> None:
-    base = load_clip(tiny, CPU)
+def test_squash_mode_matches_open_clip(tiny_clip: ClipSpec) -> None:
+    base = load_clip(tiny_clip, CPU)
     cfg = PreprocessCfg(**{**base.model.visual.preprocess_cfg, "resize_mode": "squash"})
     x = images(2, 48, 40)
     expected = torch.stack([image_transform_v2(cfg, is_train=False)(img) for img in x])
@@ -236,9 +231,9 @@ def test_squash_mode_matches_open_clip(tiny: ClipSpec) -> None:
 
 
 @pytest.mark.parametrize("size", [(48, 40), (20, 36)])
-def test_longest_mode_matches_open_clip_resize_then_pad(tiny: ClipSpec, size: tuple[int, int]) -> None:
+def test_longest_mode_matches_open_clip_resize_then_pad(tiny_clip: ClipSpec, size: tuple[int, int]) -> None:
     # open_clip's ResizeKeepRatio reads PIL's .size, so rebuild its steps on tensors.
-    base = load_clip(tiny, CPU)
+    base = load_clip(tiny_clip, CPU)
     x = images(2, *size)
     ratio = max(size[0] / 32, size[1] / 32)
     resized = TF.resize(
@@ -254,33 +249,33 @@ def test_longest_mode_matches_open_clip_resize_then_pad(tiny: ClipSpec, size: tu
     torch.testing.assert_close(preprocess(x, _with_mode(base, "longest")), expected, atol=1e-5, rtol=0)
 
 
-def test_preprocess_rejects_wrong_layout(tiny: ClipSpec) -> None:
+def test_preprocess_rejects_wrong_layout(tiny_clip: ClipSpec) -> None:
     with pytest.raises(ValueError, match=r"\(n, 3, H, W\)"):
-        preprocess(torch.zeros(2, 32, 32, 3), load_clip(tiny, CPU))
+        preprocess(torch.zeros(2, 32, 32, 3), load_clip(tiny_clip, CPU))
 
 
 # ---------------------------------------------------------------------------- embeddings
 
 
 def test_embeddings_are_normalised_and_chunking_is_invisible(
-    tiny: ClipSpec, monkeypatch: pytest.MonkeyPatch
+    tiny_clip: ClipSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     x = images(5, 32, 32)
-    whole = encode_images(x, tiny, CPU)
+    whole = encode_images(x, tiny_clip, CPU)
     assert whole.shape == (5, 32) and whole.dtype == torch.float32
     torch.testing.assert_close(whole.norm(dim=-1), torch.ones(5))
     texts = ["a red circle", "a blue square on a gray background", "a"]
-    whole_text = encode_texts(texts, tiny, CPU)
+    whole_text = encode_texts(texts, tiny_clip, CPU)
     monkeypatch.setattr(clip_module, "CHUNK", 2)
-    torch.testing.assert_close(encode_images(x, tiny, CPU), whole, atol=1e-6, rtol=0)
-    torch.testing.assert_close(encode_texts(texts, tiny, CPU), whole_text, atol=1e-6, rtol=0)
-    assert encode_images(x[:0], tiny, CPU).shape == (0, 32)
+    torch.testing.assert_close(encode_images(x, tiny_clip, CPU), whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(encode_texts(texts, tiny_clip, CPU), whole_text, atol=1e-6, rtol=0)
+    assert encode_images(x[:0], tiny_clip, CPU).shape == (0, 32)
 
 
 def test_batch_memo_encodes_each_image_and_prompt_once(
-    tiny: ClipSpec, monkeypatch: pytest.MonkeyPatch
+    tiny_clip: ClipSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = load_clip(tiny, CPU).model
+    model = load_clip(tiny_clip, CPU).model
     image_rows: list[int] = []
     text_rows: list[int] = []
     real_image, real_text = model.encode_image, model.encode_text
@@ -288,10 +283,10 @@ def test_batch_memo_encodes_each_image_and_prompt_once(
     monkeypatch.setattr(model, "encode_text", lambda t: text_rows.append(len(t)) or real_text(t))
     prompts = ["a red circle"] * 3 + ["a blue square"] * 3
     batch = Candidates(images=images(6, 32, 32), prompts=prompts)
-    first = image_embeddings(batch, tiny, CPU)
-    assert image_embeddings(batch, tiny, CPU) is first
-    texts = text_embeddings(batch, tiny, CPU)
-    assert text_embeddings(batch, tiny, CPU) is texts
+    first = image_embeddings(batch, tiny_clip, CPU)
+    assert image_embeddings(batch, tiny_clip, CPU) is first
+    texts = text_embeddings(batch, tiny_clip, CPU)
+    assert text_embeddings(batch, tiny_clip, CPU) is texts
     assert image_rows == [6] and text_rows == [2]  # two distinct prompts
     torch.testing.assert_close(texts[0], texts[2]) and torch.testing.assert_close(texts[3], texts[5])
-    torch.testing.assert_close(texts, encode_texts(prompts, tiny, CPU))
+    torch.testing.assert_close(texts, encode_texts(prompts, tiny_clip, CPU))

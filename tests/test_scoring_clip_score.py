@@ -12,15 +12,9 @@ from pydantic import ValidationError
 from winnow.scoring.base import REGISTRY, Candidates, build_scorers
 from winnow.scoring.clip import ClipSpec
 from winnow.scoring.clip_score import ClipScoreScorer
-from winnow.scoring.testing import build_tiny_clip
 
 CPU = torch.device("cpu")
 PROMPTS = ["a red circle", "a blue square on a gray background", "a green triangle", "a cat"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> ClipSpec:
-    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), seed=3)
 
 
 def reference_cosine(spec: ClipSpec, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -37,49 +31,49 @@ def reference_cosine(spec: ClipSpec, images: torch.Tensor, prompts: list[str]) -
     return (img * txt).sum(-1)
 
 
-def test_matches_torchmetrics_definition(tiny: ClipSpec) -> None:
+def test_matches_torchmetrics_definition(tiny_clip: ClipSpec) -> None:
     n = 16
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(n, 3, 40, 48, generator=gen) * 0.5 + 0.25  # resized: bicubic stays in [0,1]
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
-    scorer = ClipScoreScorer(ClipScoreScorer.Params(clip=tiny), CPU)
+    scorer = ClipScoreScorer(ClipScoreScorer.Params(clip=tiny_clip), CPU)
     scorer.setup()
     got = scorer.score(Candidates(images=images, prompts=prompts))
-    cos = reference_cosine(tiny, images, prompts)
+    cos = reference_cosine(tiny_clip, images, prompts)
     assert cos.std() > 0.01  # distinct values, not a degenerate constant
     torch.testing.assert_close(got, (100 * cos).clamp(min=0), atol=1e-4, rtol=0)
     assert got.dtype == torch.float32 and got.device.type == "cpu" and got.shape == (n,)
     assert ((got >= 0) & (got <= 100)).all()
 
 
-def test_formula_scale_and_clamp(tiny: ClipSpec) -> None:
+def test_formula_scale_and_clamp(tiny_clip: ClipSpec) -> None:
     """100 for identical directions, 60 for cos 0.6, 0 for orthogonal and for opposite."""
     e1, e2 = torch.eye(4)[:2]
     image = torch.stack([e1, e1, e1, e1])
     text = torch.stack([e1, 0.6 * e1 + 0.8 * e2, e2, -e1])
     batch = Candidates(images=torch.zeros(4, 3, 32, 32), prompts=["p"] * 4)
     # Seed the batch memo: the scorer reads the shared embeddings instead of computing them.
-    batch.memo(("clip_image", tiny), lambda: image)
-    batch.memo(("clip_text", tiny), lambda: text)
-    got = ClipScoreScorer(ClipScoreScorer.Params(clip=tiny), CPU).score(batch)
+    batch.memo(("clip_image", tiny_clip), lambda: image)
+    batch.memo(("clip_text", tiny_clip), lambda: text)
+    got = ClipScoreScorer(ClipScoreScorer.Params(clip=tiny_clip), CPU).score(batch)
     torch.testing.assert_close(got, torch.tensor([100.0, 60.0, 0.0, 0.0]))
 
 
-def test_registered_and_built_from_config(tiny: ClipSpec) -> None:
+def test_registered_and_built_from_config(tiny_clip: ClipSpec) -> None:
     assert REGISTRY["clip_score"] is ClipScoreScorer
-    (scorer,) = build_scorers({"clip_score": ClipScoreScorer.Params(clip=tiny)}, CPU)
-    assert isinstance(scorer, ClipScoreScorer) and scorer.params.clip == tiny
+    (scorer,) = build_scorers({"clip_score": ClipScoreScorer.Params(clip=tiny_clip)}, CPU)
+    assert isinstance(scorer, ClipScoreScorer) and scorer.params.clip == tiny_clip
     with pytest.raises(TypeError, match="takes a ClipScoreParams, not dict"):  # validated by the config
-        build_scorers({"clip_score": {"clip": tiny.model_dump()}}, CPU)
+        build_scorers({"clip_score": {"clip": tiny_clip.model_dump()}}, CPU)
     with pytest.raises(ValidationError):
-        ClipScoreScorer.Params(clip=tiny, layer=3)  # type: ignore[call-arg]
+        ClipScoreScorer.Params(clip=tiny_clip, layer=3)  # type: ignore[call-arg]
 
 
-def test_score_is_per_candidate_and_order_independent(tiny: ClipSpec) -> None:
+def test_score_is_per_candidate_and_order_independent(tiny_clip: ClipSpec) -> None:
     gen = torch.Generator().manual_seed(1)
     images = torch.rand(6, 3, 32, 32, generator=gen)
     prompts = ["a red circle", "a cat", "a red circle", "a dog", "a cat", "a red circle"]
-    scorer = ClipScoreScorer(ClipScoreScorer.Params(clip=tiny), CPU)
+    scorer = ClipScoreScorer(ClipScoreScorer.Params(clip=tiny_clip), CPU)
     full = scorer.score(Candidates(images=images, prompts=prompts))
     perm = torch.tensor([5, 3, 1, 0, 2, 4])
     shuffled = scorer.score(Candidates(images=images[perm], prompts=[prompts[i] for i in perm]))
