@@ -90,7 +90,7 @@ def pairs_faiss(vectors: np.ndarray, cosine: float, nprobe: int = 16) -> tuple[n
     found_i, found_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for start in range(0, n, 65536):
         limits, _, labels = index.range_search(x[start : start + 65536], cosine)
-        i = np.repeat(np.arange(len(limits) - 1), np.diff(limits)) + start
+        i = np.repeat(np.arange(len(limits) - 1), np.diff(limits).astype(np.int64)) + start
         keep = labels > i
         found_i.append(i[keep])
         found_j.append(labels[keep].astype(np.int64))
