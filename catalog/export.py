@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from winnow.catalog.card import fields_of, run_infos, write_card
+from winnow.catalog.dedup import decisions_path
 from winnow.catalog.export_fields import parse_buckets, record, record_schema
 from winnow.catalog.export_formats import sample_name
 from winnow.catalog.export_formats import writer as make_writer
@@ -80,6 +81,7 @@ def export(
     name: str = "winnow",
     caption_extension: str = ".txt",
     buckets: str | None = None,
+    dedup: bool | None = None,
 ) -> ExportResult:
     """Export the rows of the catalog at ``root`` matching ``where`` (SQL over the view
     ``catalog``), ``run_id`` and ``kept_only`` that have an image, as ``fmt`` into ``out``
@@ -87,7 +89,8 @@ def export(
     ``split_seed``; ``shard_size``: samples per tar (webdataset); ``shard_mb``: MB of images
     per Parquet shard; ``repeats``, ``name`` and ``caption_extension``: the kohya folder
     ``<repeats>_<name>`` and its captions; ``buckets``: ``WxH,...`` sizes whose nearest aspect
-    ratio each sample records."""
+    ratio each sample records. ``dedup``: leave out the rows ``winnow dedup`` marked duplicates
+    (default: when the catalog has dedup decisions)."""
     if fmt not in FORMATS:
         raise CatalogError(f"unknown export format {fmt!r} (use {', '.join(FORMATS)})")
     if shard_size < 1 or repeats < 1 or not shard_mb > 0:
@@ -100,7 +103,11 @@ def export(
     root, out = Path(root), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CatalogError(f"export folder {out} exists and is not empty")
-    rows = _select(root, where, run_id, kept_only)
+    if dedup is None:
+        dedup = decisions_path(root).exists()
+    elif dedup and not decisions_path(root).exists():
+        raise CatalogError("--dedup: the catalog has no dedup decisions (run winnow dedup first)")
+    rows = _select(root, where, run_id, kept_only, dedup)
     if not rows:
         raise CatalogError("no catalog rows with an image file match: nothing to export")
     by_split: dict[str, list[dict]] = {s: [] for s in (TRAIN, *spec)}  # train first, then the spec's order
@@ -150,8 +157,9 @@ def export(
     return result
 
 
-def _select(root: Path, where: str | None, run_id: str | None, kept_only: bool) -> list[dict]:
-    """The rows with an image file matching ``where``, ``run_id`` and ``kept_only``, in catalog
+def _select(root: Path, where: str | None, run_id: str | None, kept_only: bool, dedup: bool) -> list[dict]:
+    """The rows with an image file matching ``where``, ``run_id``, ``kept_only`` and not marked
+    duplicates if ``dedup``, in catalog
     order, as Python values straight from Arrow (pandas would turn an int64 column with nulls,
     such as ``seed`` beside external images, into floats that lose digits)."""
     conditions = ["image_path IS NOT NULL"]
@@ -159,6 +167,8 @@ def _select(root: Path, where: str | None, run_id: str | None, kept_only: bool) 
         conditions.append(f"({where})")
     if kept_only:
         conditions.append("kept")
+    if dedup:
+        conditions.append("dedup_kept IS NOT FALSE")
     if run_id:
         conditions.append(f"run_id = '{run_id.replace(chr(39), chr(39) * 2)}'")
     order = "ORDER BY run_id, shard_id, prompt_id, candidate_index"

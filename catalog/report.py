@@ -5,7 +5,8 @@
   inline SVG;
 - per prompt, every candidate by rank: a thumbnail embedded as a ``data:`` URI (a
   placeholder where no image was saved), its scores, kept ones framed in green, the reject
-  reason of the others.
+  reason of the others; a kept row ``winnow dedup`` marked a duplicate is shown beside the
+  row kept over it, with their cosine.
 
 A small inline script records on ``<body>`` whether every image decoded
 (``data-images="ok/total"``) and how many errors the page raised (``data-errors``), so a
@@ -43,6 +44,7 @@ td:first-child,th:first-child{text-align:left}
 .cards{display:flex;flex-wrap:wrap;gap:8px}
 .card{margin:0;width:138px;border:3px solid #ccc;padding:2px;font-size:11px;background:#fff}
 .card.kept{border-color:#2a9d4b}.card.rejected{opacity:.8}
+.duplicate{display:flex;gap:2px;border:2px dashed #c80;padding:2px}.card.original{opacity:.7}
 .card img,.placeholder{width:128px;height:128px;display:block;image-rendering:pixelated}
 .placeholder{background:repeating-linear-gradient(45deg,#eee,#eee 8px,#ddd 8px,#ddd 16px);
  color:#777;display:flex;align-items:center;justify-content:center;text-align:center}
@@ -96,8 +98,11 @@ def render(rows: pd.DataFrame, root: Path, run_id: str | None = None, max_prompt
         "</div><h2>Candidates by prompt</h2>",
     ]
     groups = list(rows.groupby(["run_id", "prompt_id"], sort=False))
+    images = _images(rows)
     for (run, _), group in groups[:max_prompts]:
-        parts.append(_prompt(group.sort_values("rank"), root, scores, show_run=run_id is None, run=run))
+        parts.append(
+            _prompt(group.sort_values("rank"), root, scores, show_run=run_id is None, run=run, images=images)
+        )
     if len(groups) > max_prompts:
         parts.append(f"<p class='meta'>{len(groups) - max_prompts} more prompts not shown.</p>")
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
@@ -177,19 +182,41 @@ def _num(value: object) -> str:
     return f"{number:.3g}" if math.isfinite(number) else str(number)
 
 
-def _prompt(group: pd.DataFrame, root: Path, scores: list[str], show_run: bool, run: str) -> str:
+def _images(rows: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(run_id, candidate_id) -> image path of the rows that ``winnow dedup`` kept over a
+    duplicate shown in ``rows`` (the report shows the two side by side)."""
+    if "dedup_kept" not in rows.columns:
+        return {}
+    return {
+        (r.run_id, r.candidate_id): r.image_path
+        for r in rows[rows["dedup_kept"].eq(True)].itertuples()
+        if isinstance(r.image_path, str)
+    }
+
+
+def _prompt(
+    group: pd.DataFrame,
+    root: Path,
+    scores: list[str],
+    show_run: bool,
+    run: str,
+    images: dict[tuple[str, str], str] | None = None,
+) -> str:
     first = group.iloc[0]
     meta = f"prompt {first['prompt_id']}" + (f" · run {run}" if show_run else "")
     if isinstance(first["negative_prompt"], str) and first["negative_prompt"]:
         meta += f" · negative: {first['negative_prompt']}"
-    cards = "".join(_card(row, root, scores) for _, row in group.iterrows())
+    cards = "".join(_card(row, root, scores, images or {}) for _, row in group.iterrows())
     return (
         f"<div class='prompt'><h3>{_e(first['prompt'])}</h3><div class='meta'>{_e(meta)}</div>"
         f"<div class='cards'>{cards}</div></div>"
     )
 
 
-def _card(row: pd.Series, root: Path, scores: list[str]) -> str:
+def _card(row: pd.Series, root: Path, scores: list[str], images: dict[tuple[str, str], str]) -> str:
+    marked = row.get("dedup_kept")
+    if marked is not None and not pd.isna(marked) and not marked:  # beside the row it duplicates
+        return _duplicate(row, root, scores, images)
     kept = bool(row["kept"])
     uri = _thumbnail(root, row["image_path"])
     cid = _e(row["candidate_id"])
@@ -205,6 +232,25 @@ def _card(row: pd.Series, root: Path, scores: list[str]) -> str:
     return (
         f"<figure class='card {'kept' if kept else 'rejected'}'>{picture}<figcaption>"
         f"#{_num(row['rank'])} <span class='badge'>{status}</span><br>{values}</figcaption></figure>"
+    )
+
+
+def _duplicate(row: pd.Series, root: Path, scores: list[str], images: dict[tuple[str, str], str]) -> str:
+    """A kept row ``winnow dedup`` marked a duplicate: its card and, beside it, the row kept
+    over it (from another run or prompt too)."""
+    original = (row["duplicate_of_run"], row["duplicate_of"])
+    card = _card(row.drop(labels=["dedup_kept"]), root, scores, {})
+    uri = _thumbnail(root, images.get(original))
+    name = _e(f"{original[0]}/{original[1]}")
+    picture = (
+        f"<img src='{uri}' alt='{name}' title='{name}' width='{THUMB}' height='{THUMB}'>"
+        if uri
+        else "<div class='placeholder'>no image saved</div>"
+    )
+    return (
+        f"<div class='duplicate'>{card}<figure class='card original'>{picture}<figcaption>"
+        f"<span class='badge'>duplicate of</span> {name}<br>cosine {_num(row['dedup_cosine'])}"
+        "</figcaption></figure></div>"
     )
 
 

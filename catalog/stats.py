@@ -16,7 +16,8 @@ def run_stats(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per run, then a total row (``run_id`` = ``ALL``).
 
     Columns: run_id, source (comma-joined), prompts, candidates, kept, acceptance (kept /
-    candidates, in [0, 1]), images (rows with a saved image file), first/last (created_at).
+    candidates, in [0, 1]), images (rows with a saved image file), duplicates (kept rows
+    ``winnow dedup`` marked near-duplicates), first/last (created_at).
     """
     records = [_counts(run, group) for run, group in rows.groupby("run_id", sort=True)]
     if rows["run_id"].nunique() > 1:
@@ -34,6 +35,8 @@ def _counts(run_id: str, rows: pd.DataFrame) -> dict:
         "kept": kept,
         "acceptance": kept / len(rows) if len(rows) else math.nan,
         "images": int(rows["image_path"].notna().sum()),
+        # kept rows `winnow dedup` marked near-duplicates of another (0 before it has run)
+        "duplicates": int(rows["dedup_kept"].eq(False).sum()) if "dedup_kept" in rows else 0,
         "first": rows["created_at"].min(),
         "last": rows["created_at"].max(),
     }

@@ -10,7 +10,10 @@ import pytest
 
 from tests.test_embeddings import PROMPTS, run
 from winnow.catalog.dedup import DedupError, components, dedup_catalog, pairs_exact, pairs_faiss
+from winnow.catalog.export import export
 from winnow.catalog.query import query, read_catalog
+from winnow.catalog.report import render
+from winnow.catalog.stats import run_stats
 from winnow.pipeline.config import ConfigError, load_config
 from winnow.scoring.select import NOT_TOP_K, Dedup, Policy, select
 
@@ -96,6 +99,15 @@ def test_winnow_dedup_finds_every_injected_copy(make_config, tmp_path: Path) -> 
     assert rows.loc[~rows["kept"], "dedup_kept"].isna().all()  # rejected rows were not examined
     sql = query(config.run.out, "SELECT count(*) AS n FROM catalog WHERE dedup_kept = false")
     assert sql["n"][0].as_py() == result.decisions.duplicates
+    # Stats count them, the report shows each beside its original, export leaves them out.
+    stats = run_stats(rows).set_index("run_id")
+    assert stats.loc["second", "duplicates"] == kept and stats.loc["first", "duplicates"] == 0
+    page = render(rows, Path(config.run.out))
+    assert page.count("<div class='duplicate'>") == kept and "duplicate of</span> first/" in page
+    deduped = export(config.run.out, "imagefolder", tmp_path / "deduped", kept_only=True)
+    assert deduped.samples == kept
+    everything = export(config.run.out, "imagefolder", tmp_path / "all", kept_only=True, dedup=False)
+    assert everything.samples == 2 * kept
     # --where narrows the rows examined; a new decision replaces the old one.
     alone = dedup_catalog(config.run.out, cosine=0.999, where="run_id = 'first'")
     assert alone.rows == kept
