@@ -8,33 +8,22 @@ import json
 import re
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from winnow.catalog.manifest import generated_manifest, manifest_path, read_manifest, write_manifest
+from tests.helpers import run_shards
+from winnow.catalog.manifest import manifest_path, read_manifest
 from winnow.catalog.query import read_catalog
+from winnow.models import generator as generator_module
 from winnow.models.errors import ModelNotFoundError, WinnowError
 from winnow.models.generator import Generator
 from winnow.models.testing import build_tiny_preview
 from winnow.pipeline import regenerate as regenerate_module
 from winnow.pipeline.config import load_config
-from winnow.pipeline.prompt_source import choose_prompts
 from winnow.pipeline.regenerate import check_row
-from winnow.pipeline.shard import default_run_id, plan_shards, process_shard
 
 BEFORE = Path(__file__).parent / "fixtures" / "before"
-
-
-def run(config) -> tuple[str, pd.DataFrame]:
-    """Run ``config`` as the ``curate`` flow does (manifest, then the shards), without Prefect."""
-    prompts = choose_prompts(config).prompts
-    run_id = default_run_id(config, prompts)
-    write_manifest(config.run.out, generated_manifest(config, run_id, len(prompts)))
-    for plan in plan_shards(run_id, prompts, config.run.shard_size):
-        process_shard(config, plan)
-    return run_id, read_catalog(config.run.out, run_id)
 
 
 @pytest.fixture
@@ -54,10 +43,10 @@ def rebuilt(monkeypatch) -> list:
 def assert_faithful(config, rebuilt: list) -> None:
     """The first and last kept rows (a full and a padded or pruned call) regenerate to their
     recorded sha256, with the run's generator settings."""
-    run_id, rows = run(config)
+    rows = run_shards(config)
     kept = rows[rows["kept"]].sort_values(["shard_id", "batch_index", "batch_position"])
     for row in (kept.iloc[0], kept.iloc[-1]):
-        check = check_row(config.run.out, row["candidate_id"], run_id)
+        check = check_row(config.run.out, row["candidate_id"], "run")
         assert check.stored == row["image_sha256"] and check.match, row["candidate_id"]
         assert rebuilt[-1] == config.generator.model_copy(
             update={"batch_size": int(row["batch_size"]), "device": "cpu", "dtype": "float32"}
@@ -164,6 +153,9 @@ def test_a_compiled_run_regenerates_compiled(make_config, rebuilt, monkeypatch):
     # asks for it (the run itself also runs compile's warm-up call).
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **kwargs: compiled.append(kwargs))
+    # Another test may have cached (and warmed) a compiled pipeline of the same model already.
+    monkeypatch.setattr(generator_module, "_PIPELINES", {})
+    monkeypatch.setattr(generator_module, "_WARM", set())
     assert_faithful(load_config(make_config(generator={"compile": True})), rebuilt)
     assert rebuilt[-1].compile and compiled == [{"fullgraph": True}]  # one cached pipeline
 
@@ -208,10 +200,10 @@ def test_a_run_without_a_manifest_regenerates_from_its_rows(rebuilt):
 
 def test_a_manifest_of_another_run_is_refused(make_config, tmp_path):
     config = load_config(make_config())
-    run_id, rows = run(config)
-    path = manifest_path(config.run.out, run_id)
+    rows = run_shards(config)
+    path = manifest_path(config.run.out, "run")
     data = json.loads(path.read_text())
     data["config_hash"] = "0" * 16
     path.write_text(json.dumps(data))
     with pytest.raises(WinnowError, match="describes another run"):
-        check_row(config.run.out, rows["candidate_id"].iloc[0], run_id)
+        check_row(config.run.out, rows["candidate_id"].iloc[0], "run")
