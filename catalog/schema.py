@@ -22,7 +22,8 @@ import pyarrow as pa
 
 # 2: added ``source`` (rows of version 1 have none; they are all generated).
 # 3: added ``round`` (adaptive N; older rows have none: they are all round 0).
-SCHEMA_VERSION = 3
+# 4: added ``safety_flagged`` (older rows have none: their pipelines' checkers were not read).
+SCHEMA_VERSION = 4
 
 # The packages whose versions every row records (the ``versions`` column), as one JSON object.
 VERSIONS = json.dumps(
@@ -105,6 +106,15 @@ class Row:
         metadata=_col(pa.int32(), "candidates per pipeline call (the last call padded, unless pruned)"),
     )
     generation: Generation = field(default_factory=Generation, metadata={"nested": Generation})
+    safety_flagged: bool | None = field(
+        default=None,
+        metadata=_col(
+            pa.bool_(),
+            "the generator pipeline's own safety checker flagged the image (it blacked it out: never "
+            "scored, saved or kept; rejected `safety_checker`); null without a checker, for pruned "
+            "candidates, external images and before v4",
+        ),
+    )
     combined_score: float = field(
         default=float("-inf"),
         metadata=_col(pa.float64(), "weighted combination within the prompt (`-inf` if unscorable)"),
@@ -116,7 +126,7 @@ class Row:
         metadata=_col(
             pa.string(),
             "null if kept; `invalid_score:<scorer>`, `below_floor:<scorer>`, `above_ceiling:<scorer>`, "
-            "`not_top_k`, `pruned_at_step:<S>`",
+            "`not_top_k`, `pruned_at_step:<S>`, `safety_checker`",
         ),
     )
     image_path: str | None = field(

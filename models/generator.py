@@ -20,10 +20,17 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 from winnow.catalog.schema import Generation
 from winnow.models.errors import ModelNotFoundError, WinnowError, first_line
@@ -58,6 +65,21 @@ class GeneratorParams(BaseModel):
     channels_last: bool = Field(False, description="UNet and VAE in channels-last memory format (GPU)")
     compile: bool = Field(False, description="torch.compile the UNet; one uncounted warm-up call per process")
     vae_slicing: bool = Field(False, description="decode latents one image at a time (less peak memory)")
+    safety_checker: bool | None = Field(
+        None,
+        description="the pipeline's own safety checker (Stable Diffusion 1.x/2.x pipelines from the hub "
+        "have one; it blacks out the images it flags, which winnow records in `safety_flagged` and "
+        "rejects `safety_checker`): unset = keep what the pipeline has, false = remove it (never "
+        "loaded), true = require one",
+    )
+
+    @model_serializer(mode="wrap")
+    def _unset_safety_checker_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Run ids hash the dumped config: unset, it dumps as it did before the key existed.
+        data = handler(self)
+        if data.get("safety_checker", 0) is None:
+            del data["safety_checker"]
+        return data
 
     @field_validator("scheduler")
     @classmethod
@@ -110,6 +132,15 @@ def _pipeline_class(folder: Path) -> type:
     return getattr(diffusers, json.loads((folder / "model_index.json").read_text())["_class_name"])
 
 
+def _without_checker(folder: Path, params: GeneratorParams) -> dict[str, None]:
+    """``safety_checker=None`` for loading when the config turns off a checker the pipeline in
+    ``folder`` has (so its weights are never read), else nothing."""
+    index = folder / "model_index.json"
+    if params.safety_checker is not False or not index.is_file():
+        return {}
+    return {"safety_checker": None} if "safety_checker" in json.loads(index.read_text()) else {}
+
+
 def _load(source: Source, params: GeneratorParams, dtype: torch.dtype):  # -> DiffusionPipeline
     import diffusers
     from diffusers import AutoPipelineForText2Image
@@ -128,13 +159,24 @@ def _load(source: Source, params: GeneratorParams, dtype: torch.dtype):  # -> Di
             repo = fetch_diffusers_config(load_single_file_checkpoint(str(source.path)))
             config = resolve(repo["pretrained_model_name_or_path"]).path
         pipe = _pipeline_class(config).from_single_file(
-            str(source.path), config=str(config), dtype=dtype, local_files_only=True
+            str(source.path),
+            config=str(config),
+            dtype=dtype,
+            local_files_only=True,
+            **_without_checker(config, params),
         )
     else:
         try:
-            pipe = AutoPipelineForText2Image.from_pretrained(source.path, dtype=dtype)
+            pipe = AutoPipelineForText2Image.from_pretrained(
+                source.path, dtype=dtype, **_without_checker(source.path, params)
+            )
         except (OSError, ValueError) as err:
             raise ModelNotFoundError(f"model {source.ref!r} could not be loaded: {first_line(err)}") from None
+    if params.safety_checker and getattr(pipe, "safety_checker", None) is None:
+        raise WinnowError(
+            f"generator.safety_checker is true but model {source.ref!r} ({type(pipe).__name__}) has no "
+            "safety checker; leave it unset to run without one"
+        )
     if params.scheduler:
         pipe.scheduler = getattr(diffusers, params.scheduler).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -168,6 +210,7 @@ def _pipeline_key(params: GeneratorParams) -> tuple:
         params.channels_last,
         params.compile,
         params.vae_slicing,
+        params.safety_checker,
     )
 
 
@@ -226,6 +269,8 @@ class Batch:
     out-of-memory retry), or with pruning the larger size whose survivors fill it (the last
     pruned call: its requests, unpadded).
     ``seconds`` is the call's wall time.
+    ``flagged``: per image, whether the pipeline's safety checker flagged it (and blacked it
+    out); None when the pipeline has no checker.
     """
 
     index: int
@@ -235,6 +280,7 @@ class Batch:
     rows: tuple[int, ...]
     images: torch.Tensor  # (len(rows), 3, H, W) float32 in [0, 1], on the generator's device
     seconds: float
+    flagged: tuple[bool, ...] | None = None
 
 
 class Generator:
@@ -302,7 +348,7 @@ class Generator:
             chunk += [chunk[-1]] * (size - real)
             began = time.perf_counter()
             try:
-                images, alive = self._call(pipe, chunk, start, real, prune)
+                images, alive, flags = self._call(pipe, chunk, start, real, prune)
             except torch.OutOfMemoryError:
                 self._shrink(size)
                 continue
@@ -310,7 +356,8 @@ class Generator:
                 torch.cuda.synchronize(self.device)
             rows = tuple(start + j for j in alive if j < real)
             seconds = time.perf_counter() - began
-            yield Batch(index, start, start + real, size, rows, images[: len(rows)].float(), seconds)
+            flagged = None if flags is None else tuple(bool(f) for f in flags[: len(rows)])
+            yield Batch(index, start, start + real, size, rows, images[: len(rows)].float(), seconds, flagged)
             index += 1
             start += real
 
@@ -345,9 +392,10 @@ class Generator:
         real: int,
         prune: Prune | None = None,
         steps: int | None = None,
-    ) -> tuple[torch.Tensor, list[int]]:
+    ) -> tuple[torch.Tensor, list[int], list[bool] | None]:
         """One pipeline call on ``chunk`` (requests ``start``.. of which the first ``real`` are
-        not padding): the images, and the positions in ``chunk`` they belong to."""
+        not padding): the images, the positions in ``chunk`` they belong to, and per image
+        the safety checker's verdict (None without a checker)."""
         # CPU generators: the same seed gives the same noise on every device.
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in chunk]
         alive = list(range(len(chunk)))
@@ -360,7 +408,7 @@ class Generator:
                 "callback_on_step_end_tensor_inputs": list(pipe._callback_tensor_inputs),
             }
         with _CALL_LOCK, torch.inference_mode(), recorder:
-            images = pipe(
+            output = pipe(
                 prompt=[r.prompt for r in chunk],
                 negative_prompt=[r.negative_prompt for r in chunk],
                 generator=generators,
@@ -370,8 +418,9 @@ class Generator:
                 height=self.params.height,
                 output_type="pt",
                 **hooks,
-            ).images
-        return images, alive
+            )
+        # Only pipelines with a checker report one (SD 1.x/2.x); SDXL's output has no such field.
+        return output.images, alive, getattr(output, "nsfw_content_detected", None)
 
 
 def _default_size(pipe) -> int:

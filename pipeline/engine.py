@@ -162,12 +162,13 @@ class Shard:
                 c.row.scoring_seconds = seconds
 
     def settle(self, p: int, until_kept: int | None = None) -> bool:
-        """Select prompt ``p`` over its candidates so far (pruned ones take no part). With
+        """Select prompt ``p`` over its candidates so far (pruned ones and those the pipeline's
+        safety checker flagged take no part: their sources rank and reject them). With
         ``until_kept``, a prompt with fewer eligible candidates is left as it is for another
         round (False); otherwise record the selection, start writing the images to save, and
         return True."""
         settings = self.source.settings
-        live = [c for c in self.candidates[p] if c.pruned_at is None]
+        live = [c for c in self.candidates[p] if c.pruned_at is None and not c.row.safety_flagged]
         scores = {s.name: np.array([c.row.scores[s.name] for c in live]) for s in self.scorers}
         if settings.policy.dedup is None:
             chosen = select(scores, [p] * len(live), settings.policy)

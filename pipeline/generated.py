@@ -11,6 +11,11 @@ has:
 - **adaptive N** (``run.candidates: {min, max, until_kept}``): candidates come in rounds; a
   prompt gets another round only while it has fewer than ``until_kept`` eligible candidates
   and fewer than ``max`` in all. The catalog's ``round`` column says which round made a row.
+
+A pipeline with its own safety checker (Stable Diffusion 1.x/2.x from the hub) replaces the
+images it flags with black ones. Such a candidate is recorded (``safety_flagged``) but its
+image is never scored, saved or kept: its scores are null, it takes no part in selection and
+ranks last with the reason ``safety_checker``; adaptive N counts it as not eligible.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from winnow.models.generator import Batch, Generator, Request, candidate_seed, t
 from winnow.models.prune import Prune
 from winnow.pipeline.config import Config
 from winnow.pipeline.engine import PRUNED, Candidate, Encoder, Progress, Settings, Shard, ShardPlan, Source
+
+SAFETY_CHECKER = "safety_checker"  # reject reason of a candidate the pipeline's checker flagged
 
 
 class GeneratedSource(Source):
@@ -115,23 +122,34 @@ class GeneratedSource(Source):
             c.row.generation_seconds = batch.seconds / len(covered)
         self.calls += 1
         finished = [made[j] for j in batch.rows]
-        if not finished:
+        flagged = batch.flagged or (False,) * len(finished)
+        for c, flag in zip(finished, flagged, strict=True):
+            c.row.safety_flagged = None if batch.flagged is None else flag
+            if flag:  # a blacked-out image: no score or embedding at all, not even a preview's
+                c.row.scores, c.embedding = {}, None
+        clean = [j for j, flag in enumerate(flagged) if not flag]
+        if not clean:
             return
-        shard.score(finished, batch.images)
-        for c, pixels in zip(finished, to_pixels(batch.images), strict=True):
+        images = batch.images if len(clean) == len(finished) else batch.images[clean]
+        finished = [finished[j] for j in clean]
+        shard.score(finished, images)
+        for c, pixels in zip(finished, to_pixels(images), strict=True):
             c.image = pixels
 
     def _settle(self, shard: Shard, p: int) -> bool:
-        """Settle prompt ``p`` unless it should get another round; pruned candidates rank last,
-        by their preview scores."""
+        """Settle prompt ``p`` unless it should get another round; pruned candidates rank after
+        the selected ones, by their preview scores, and flagged ones last, in index order."""
         rounds, mine = self.config.rounds, shard.candidates[p]
         if not shard.settle(p, rounds.until_kept if len(mine) < rounds.max else None):
             return False
-        if self.config.prune:
-            pruned = [c for c in mine if c.pruned_at is not None]
+        flagged = [c for c in mine if c.row.safety_flagged]
+        pruned = [c for c in mine if c.pruned_at is not None]
+        if pruned:
             pruned.sort(key=lambda c: -c.row.scores[self.config.prune.scorer])
-            for rank, c in enumerate(pruned, len(mine) - len(pruned) + 1):
+            for rank, c in enumerate(pruned, len(mine) - len(pruned) - len(flagged) + 1):
                 c.row.rank, c.row.reject_reason = rank, f"{PRUNED}:{c.pruned_at}"
+        for rank, c in enumerate(flagged, len(mine) - len(flagged) + 1):
+            c.row.rank, c.row.reject_reason = rank, SAFETY_CHECKER
         return True
 
     def encoders(self, candidates: list[Candidate]) -> list[Encoder]:

@@ -128,8 +128,9 @@ class NSFWParams(ScorerParams):
 
 @register
 class NSFWScorer(HeadScorer):
-    """Probability that each image is NSFW, in [0, 1]; **higher is worse** (see the module
-    docstring for how a policy uses it). The prompt is ignored."""
+    """LAION's NSFW detector: the probability that an image is NSFW, in [0, 1], higher is worse.
+    Gate with a ceiling (`select.ceilings: {nsfw: 0.5}`); it ranks nothing unless `select.weights`
+    gives it a weight. The prompt is ignored."""
 
     name = "nsfw"
     Params = NSFWParams

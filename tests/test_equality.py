@@ -17,8 +17,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from winnow.catalog.schema import SCHEMA_VERSION
+
 BEFORE = Path(__file__).parent / "fixtures" / "before"
 VOLATILE = ["created_at", "generation_seconds", "scoring_seconds", "versions"]
+# Columns added since the fixture was written (schema version 3), and what the fixture's rows
+# hold in them now: nothing (the shapes pipeline has no safety checker).
+ADDED = {"safety_flagged": None}
 
 
 def _rows(runs: Path) -> pd.DataFrame:
@@ -41,6 +46,10 @@ def test_a_catalog_written_now_equals_the_one_written_before(tmp_path: Path, mon
     assert scored.exit_code == 0, scored.output
 
     before, now = _rows(BEFORE / "runs"), _rows(tmp_path / "catalog" / "runs")
+    assert (now["schema_version"] == SCHEMA_VERSION).all() and (before["schema_version"] == 3).all()
+    for column, value in ADDED.items():
+        assert now[column].isna().all() if value is None else (now[column] == value).all(), column
+    now, before = now.drop(columns=["schema_version", *ADDED]), before.drop(columns="schema_version")
     assert list(now.columns) == list(before.columns)
     scores = [c for c in before.columns if c.startswith("score_") or c == "combined_score"]
     pd.testing.assert_frame_equal(now.drop(columns=scores), before.drop(columns=scores))
