@@ -1,12 +1,11 @@
 """Adaptive N: rounds stop exactly when a prompt has enough eligible candidates or reaches
 ``max``, candidates equal those of a fixed-N run, progress adds up. Tiny models, CPU."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests.helpers import run_shards
 from winnow.flows import progress
 from winnow.pipeline.config import ConfigError, load_config
 from winnow.pipeline.prompts import read_prompts
@@ -15,13 +14,6 @@ from winnow.pipeline.shard import plan_shards, process_shard
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a cat", "a dog"]
 MIN, MAX = 2, 6
-
-
-def run(config) -> pd.DataFrame:
-    prompts = read_prompts(config.prompts.path)
-    for plan in plan_shards("run", prompts, config.run.shard_size):
-        process_shard(config, plan, on_progress=progress.report)
-    return pd.read_parquet(Path(config.run.out) / "runs").sort_values("candidate_id", ignore_index=True)
 
 
 def expected_rows(fixed: pd.DataFrame, floor: float) -> dict[str, int]:
@@ -38,7 +30,7 @@ def expected_rows(fixed: pd.DataFrame, floor: float) -> dict[str, int]:
 
 def test_rounds_stop_when_a_prompt_has_enough(make_config, tmp_path):
     path = make_config(PROMPTS, run={"candidates": MAX, "shard_size": 3}, select={"keep": 1})
-    fixed = run(load_config(path))
+    fixed = run_shards(load_config(path))
     # A floor that sends some prompts to a second or third round and lets others stop early.
     scores = np.sort(fixed["score_clip_score"].to_numpy())
     for floor in (scores[:-1] + scores[1:])[len(scores) // 2 :] / 2:
@@ -59,7 +51,7 @@ def test_rounds_stop_when_a_prompt_has_enough(make_config, tmp_path):
     progress.listen(count)
     try:
         progress.report(0, len(PROMPTS) * MIN)  # what the flow announces
-        adaptive = run(config)
+        adaptive = run_shards(config)
     finally:
         progress.listen(None)
 
@@ -83,7 +75,7 @@ def test_rounds_stop_when_a_prompt_has_enough(make_config, tmp_path):
 def test_skipped_shards_report_their_rows(make_config):
     path = make_config(PROMPTS, run={"candidates": {"min": 1, "max": 3}, "shard_size": 5})
     config = load_config(path, {"select.floors": {"clip_score": 1e9}})  # nothing passes: all reach max
-    run(config)
+    run_shards(config)
     seen = []
     progress.listen(lambda done, more: seen.append((done, more)))
     try:

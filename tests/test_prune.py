@@ -1,13 +1,11 @@
 """Early pruning: survivors finish exactly as they would unpruned, the judge sees what it
 should, pruned candidates are recorded with preview scores. Tiny random models, CPU."""
 
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
+from tests.helpers import run_shards
 from winnow.models.errors import ModelNotFoundError, WinnowError
 from winnow.models.generator import Generator, GeneratorParams, Request, load_pipeline
 from winnow.models.prune import Prune
@@ -15,7 +13,7 @@ from winnow.models.testing import build_tiny_preview
 from winnow.pipeline.config import ConfigError, load_config
 from winnow.pipeline.prompts import read_prompts
 from winnow.pipeline.regenerate import check_row, read_png
-from winnow.pipeline.shard import default_run_id, plan_shards, process_shard
+from winnow.pipeline.shard import default_run_id
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 REQUESTS = [Request(p, "", 100 + i) for i, p in enumerate(["a", "b", "c", "d", "e"])]
@@ -100,13 +98,6 @@ def test_scheduler_without_an_x0_estimate_is_a_clear_error(tiny_sd):
         images(params, Prune(step=2, judge=Judge()))
 
 
-def run(config) -> pd.DataFrame:
-    prompts = read_prompts(config.prompts.path)
-    for plan in plan_shards("run", prompts, config.run.shard_size):
-        process_shard(config, plan)
-    return pd.read_parquet(Path(config.run.out) / "runs").sort_values("candidate_id", ignore_index=True)
-
-
 def test_pruned_candidates_are_recorded_and_survivors_selected(make_config, tmp_path):
     # 4 candidates per prompt, batches of 4: drop 0.5 stops 2 of each, so a call starts with
     # 2 prompts (8 candidates) to finish 4; the shard's 3 prompts make a call of 8 and one of 4.
@@ -117,8 +108,10 @@ def test_pruned_candidates_are_recorded_and_survivors_selected(make_config, tmp_
     }
     path = make_config(PROMPTS, **sections)
     config = load_config(path)
-    plain = run(config)
-    pruned = run(load_config(path, {"prune.at": 0.5, "prune.drop": 0.5, "run.out": str(tmp_path / "p")}))
+    plain = run_shards(config)
+    pruned = run_shards(
+        load_config(path, {"prune.at": 0.5, "prune.drop": 0.5, "run.out": str(tmp_path / "p")})
+    )
 
     assert (pruned["candidate_id"] == plain["candidate_id"]).all()
     assert (pruned["seed"] == plain["seed"]).all()
@@ -153,7 +146,7 @@ def test_prune_preview_from_the_config(make_config, tiny_sd, tmp_path):
         prune={"at": 0.5, "drop": 0.5, "preview": str(preview)},
     )
     config = load_config(path)
-    rows = run(config)
+    rows = run_shards(config)
     assert (rows["reject_reason"] == "pruned_at_step:2").sum() == 6 and rows["kept"].sum() == 3
     # The preview decoder's weights are part of the run's identity.
     prompts = read_prompts(config.prompts.path)
@@ -168,12 +161,12 @@ def test_prune_preview_from_the_config(make_config, tiny_sd, tmp_path):
             "decodes 3-channel latents; this model's have 4",
         ),
     }
-    for ref, (error, message) in wrong.items():
-        bad = load_config(path, {"prune.preview": ref, "run.out": str(tmp_path / "bad")})
+    for i, (ref, (error, message)) in enumerate(wrong.items()):
+        out = tmp_path / f"bad{i}"
         with pytest.raises(error, match=message) as err:
-            run(bad)
+            run_shards(load_config(path, {"prune.preview": ref, "run.out": str(out)}))
         assert "\n" not in str(err.value)
-        assert not (tmp_path / "bad" / "runs").exists()
+        assert not [p for p in out.rglob("*") if p.suffix in (".parquet", ".png")]  # no part, no image
 
 
 @pytest.mark.parametrize(

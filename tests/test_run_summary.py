@@ -7,18 +7,13 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
+from tests.helpers import invoke
 from winnow.catalog.stats import describe
 from winnow.catalog.summary import read_run, score_table
-from winnow.flows.cli import app
 from winnow.pipeline.config import load_config
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def test_describe_leaves_out_and_counts_non_finite_values():
