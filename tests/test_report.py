@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.ci import unavailable
 from winnow.catalog.query import read_catalog
 from winnow.flows.cli import app
 from winnow.flows.curate import run_curate
@@ -43,10 +43,7 @@ def browser() -> str:
     for name in BROWSERS:
         if exe := shutil.which(name):
             return exe
-    why = f"no headless browser on PATH (looked for {', '.join(BROWSERS)}); .ci/run installs chromium"
-    if os.environ.get("CI", "").lower() in ("true", "1"):
-        pytest.fail(f"CI: {why}")
-    pytest.skip(why)
+    unavailable(f"no headless browser on PATH (looked for {', '.join(BROWSERS)}); .ci/run installs chromium")
 
 
 def test_a_missing_browser_skips_here_and_fails_in_ci(monkeypatch, tmp_path):
