@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from winnow.flows.commands import register
-from winnow.flows.console import make_console
+from winnow.flows.console import make_console, one_line_errors
 from winnow.flows.schedule_cli import register as register_schedule
 
 app = typer.Typer(
@@ -91,7 +91,7 @@ def run(
     from prefect.exceptions import TerminationSignal
 
     from winnow.flows import interrupt
-    from winnow.models.errors import WinnowError, first_line
+    from winnow.models.errors import first_line
     from winnow.pipeline.config import load_config
 
     overrides = {
@@ -109,7 +109,7 @@ def run(
         "runner.kind": runner,
         "runner.address": address,
     }
-    with interrupt.handling():
+    with interrupt.handling(), one_line_errors():  # finished shards stay written
         try:
             cfg = load_config(config, {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
             summary = _run_with_progress(cfg)
@@ -119,12 +119,6 @@ def run(
         except (KeyboardInterrupt, TerminationSignal):  # a signal before the flow's handlers were set
             console.print("[yellow]interrupted[/]: finished shards are kept; run the same command to resume")
             raise typer.Exit(interrupt.exit_status()) from None
-        except WinnowError as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False)
-            raise typer.Exit(2) from None
-        except OSError as err:  # a full disk, a read-only folder...: finished shards stay written
-            console.print(f"[bold red]error:[/] {err}", highlight=False)
-            raise typer.Exit(1) from None
     _print_summary(summary)
     warnings = list(summary.warnings)  # the catalog is complete: a failed extra is only a warning
     if cfg.run.contact_sheet:

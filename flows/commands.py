@@ -2,51 +2,35 @@
 
 Registered into the ``winnow`` app by ``winnow.flows.cli`` (``register(app)``). Heavy imports happen
 inside the commands, so ``winnow --help`` stays fast. Errors are one line (``error: ...``,
-exit status 2); ``regenerate`` exits 1 when the image does not match its recorded hash.
+exit status 2, or 1 for a file system error: ``winnow.flows.console.one_line_errors``);
+``regenerate`` exits 1 when the image does not match its recorded hash.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from winnow.flows.console import make_console
+from winnow.flows.console import err_console, fail, make_console, one_line_errors
 
-err_console = make_console(stderr=True)
 out_console = make_console()  # tables on stdout
-DEFAULT_CATALOG = Path("out/catalog")  # run.out's default (flows/config.py)
+DEFAULT_CATALOG = Path("out/catalog")  # run.out's default (pipeline/config.py)
 TABLE_ROWS = 1000  # rows shown by `catalog query` as a table; use --format csv for all
 
 catalog_app = typer.Typer(help="Inspect a catalog: statistics and SQL.", no_args_is_help=True)
 
 
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    from winnow.models.errors import WinnowError
-
-    try:
-        yield
-    except WinnowError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
 def _split(args: list[str], what: str) -> tuple[Path, str]:
-    """``[CATALOG] VALUE`` -> (catalog, value); the catalog defaults to ./catalog."""
+    """``[CATALOG] VALUE`` -> (catalog, value); the catalog defaults to ``out/catalog``."""
     if len(args) == 1:
         return DEFAULT_CATALOG, args[0]
     if len(args) == 2:
         return Path(args[0]), args[1]
-    err_console.print(
-        f"[bold red]error:[/] expected [CATALOG] {what}, got {len(args)} arguments", soft_wrap=True
-    )
-    raise typer.Exit(2)
+    fail(f"expected [CATALOG] {what}, got {len(args)} arguments")
 
 
 def _fmt(value: Any) -> str:
@@ -76,7 +60,7 @@ def stats(
     from winnow.catalog.query import read_catalog
     from winnow.catalog.stats import run_stats, score_stats
 
-    with _one_line_errors():
+    with one_line_errors():
         rows = read_catalog(catalog, run)
     runs, scores = run_stats(rows), score_stats(rows)
     if json_out:
@@ -115,7 +99,7 @@ def query(
     from winnow.catalog.query import query as run_query
 
     root, sql = _split(args, "SQL")
-    with _one_line_errors():
+    with one_line_errors():
         if format not in ("table", "csv", "json", "parquet"):
             raise CatalogError(f"unknown --format {format!r} (use table, csv, json or parquet)")
         if format == "parquet" and out is None:
@@ -154,7 +138,7 @@ def regenerate_command(
     from winnow.pipeline.regenerate import check_row
 
     root, candidate = _split(args, "CANDIDATE_ID")
-    with _one_line_errors():
+    with one_line_errors():
         check = check_row(root, candidate, run)
     if out is not None:
         out.write_bytes(encode_png(check.pixels))
@@ -195,7 +179,7 @@ def export_command(
     metadata, train/validation splits by prompt, and a dataset card (README.md)."""
     from winnow.catalog.export import export
 
-    with _one_line_errors():
+    with one_line_errors():
         result = export(
             catalog,
             format,
@@ -230,7 +214,7 @@ def report_command(
     """One self-contained HTML page: run summary, score histograms, every candidate by prompt."""
     from winnow.catalog.report import write_report
 
-    with _one_line_errors():
+    with one_line_errors():
         path = write_report(catalog, out, run, max_prompts)
     err_console.print(f"report: [bold]{path}[/]")
 
@@ -249,7 +233,7 @@ def score_command(
     from winnow.pipeline.score import score_folder
     from winnow.pipeline.score_config import load_score_config
 
-    with _one_line_errors():
+    with one_line_errors():
         cfg = load_score_config(config)
         result = score_folder(folder, prompts_from, cfg, out, run_id=run_id, device=device)
     for rel, why in result.skipped:

@@ -4,11 +4,22 @@ On a terminal, rich wraps text and sizes tables to the window. Written anywhere 
 file, a pipe, CI, a test's captured output) a line is never hard-wrapped, whatever ``COLUMNS``
 or the terminal the process was started from says: a one-line error stays one line, and a
 table is as wide as its content.
+
+Every command reports a failure the same way: one ``error: ...`` line on stderr, no traceback
+(``one_line_errors``, ``fail``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import typer
 from rich.console import Console, ConsoleDimensions
+from rich.markup import escape
+
+from winnow.models.errors import WinnowError
 
 UNWRAPPED = 1_000_000  # columns, when not writing to a terminal: longer than any line winnow prints
 
@@ -42,3 +53,25 @@ def _on_a_terminal(console: Console) -> bool:
 def make_console(*, stderr: bool = False) -> Console:
     """A console on stdout, or stderr with ``stderr=True`` (the stream is looked up at each print)."""
     return _Console(stderr=stderr)
+
+
+err_console = make_console(stderr=True)
+
+
+def fail(message: object, status: int = 2) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr and exit with ``status``."""
+    err_console.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(status) from None
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Report a ``WinnowError`` raised in the block as one ``error:`` line with exit status 2,
+    and an ``OSError`` (a full disk, a read-only folder, a missing output folder) with exit
+    status 1; what was written before it stays written."""
+    try:
+        yield
+    except WinnowError as err:
+        fail(err, 2)
+    except OSError as err:
+        fail(err, 1)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from winnow.flows.commands import _one_line_errors, err_console
+from winnow.flows.console import err_console, one_line_errors
 
 CRON_HELP = 'cron expression, e.g. "0 3 * * *" (03:00 every day)'
 NAME_HELP = "deployment name (default: the config's file name)"
@@ -36,7 +36,7 @@ def serve_command(
     from winnow.pipeline.config import ConfigError, load_config
     from winnow.pipeline.prompt_source import describe
 
-    with _one_line_errors():
+    with one_line_errors():
         if not PREFECT_API_URL.value():
             raise ConfigError(
                 "winnow serve needs a Prefect server, whose scheduler creates the runs: start one with "
@@ -67,7 +67,7 @@ def deploy_command(
     from winnow.pipeline.config import load_config
     from winnow.pipeline.prompt_source import describe
 
-    with _one_line_errors():
+    with one_line_errors():
         deployment = build_deployment(config, cron, name, timezone)
         source = describe(load_config(config))
         entry = deployment_entry(deployment, config, Path.cwd(), pool)

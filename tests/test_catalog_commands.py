@@ -13,13 +13,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
+from tests.helpers import invoke, run_shards
 from winnow.catalog.query import VIEW, connect, part_files, read_catalog
-from winnow.flows.cli import app
 from winnow.pipeline.config import Config
-from winnow.pipeline.prompts import read_prompts
-from winnow.pipeline.shard import plan_shards, process_shard
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 
@@ -39,8 +36,7 @@ def build_run(root: Path, sd: Path, clip, head: Path, run_id: str, scorers: list
             "run": {"out": str(root), "run_id": run_id, "candidates": 3, "shard_size": 2, **run},
         }
     )
-    for plan in plan_shards(run_id, read_prompts(prompt_file), config.run.shard_size):
-        process_shard(config, plan)
+    run_shards(config, run_id)
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +49,6 @@ def root(tmp_path_factory, tiny_sd, tiny_clip, tiny_head) -> Path:
         pq.write_table(table.set_column(0, table.schema.field(0), version), part)
     build_run(root, tiny_sd, tiny_clip, tiny_head, "new", ["clip_score", "aesthetic"], save_rejected=True)
     return root
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def test_runs_with_different_columns_read_as_one_table(root):
@@ -155,3 +147,11 @@ def test_regenerate_checks_the_stored_hash(root, tmp_path):
         assert bad.exit_code == 1 and bad.stdout.startswith("mismatch:")
     finally:
         pq.write_table(original, part)
+
+
+def test_a_file_system_error_is_one_line_with_status_1(root, tmp_path):
+    (tmp_path / "file").write_text("")
+    result = invoke("report", root, "--out", tmp_path / "file" / "report.html")  # a file as a folder
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: [Errno") and str(tmp_path / "file") in line

@@ -1,7 +1,12 @@
-"""One-line errors: the first line of a library's message, and the files whose errors quote one."""
+"""One-line errors: how every command prints them, the first line of a library's message, and
+a file whose error quotes one."""
+
+import re
 
 import pytest
+import typer
 
+from winnow.flows.console import one_line_errors
 from winnow.flows.prefect_yaml import write_entry
 from winnow.models.errors import first_line
 from winnow.pipeline.config import ConfigError
@@ -21,3 +26,18 @@ def test_a_broken_prefect_yaml_is_one_line(tmp_path):
         write_entry(file, {"name": "nightly", "entrypoint": "winnow.flows.schedule.scheduled_curate"})
     assert "\n" not in str(err.value)
     assert file.read_text() == "deployments:\n  - name: [unclosed\n"  # left as it was
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (ConfigError("bad key [bold] in out/[draft]/c.yaml"), 2),  # markup-like text stays as it is
+        (PermissionError(13, "Permission denied", "out/[draft]/c.yaml"), 1),
+    ],
+)
+def test_every_command_prints_an_error_as_one_line(capsys, error, status):
+    with pytest.raises(typer.Exit) as exit, one_line_errors():
+        raise error
+    assert exit.value.exit_code == status
+    printed = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().err)  # colours, if forced
+    assert printed == f"error: {error}\n"
