@@ -3,10 +3,10 @@ concurrently with itself and with another run, leaves a catalog equal to an unin
 
 Each `winnow run` is a real process running the real CLI (``winnow.flows.cli.app``). To spare the
 ~12 s of imports and the model loading per process on this small machine, processes are
-forked from one "fork server" that imported torch/diffusers/Prefect and loaded the tiny
-models (with one torch thread, so no thread pool exists at fork time); children talk to the
-session's Prefect test server. Kill points inside a run come from a patch of ``os.replace``
-installed in the child only (no test hook in library code):
+forked from one "fork server" (tests/resume_worker.py) that imported torch/diffusers/Prefect
+and loaded the tiny models (with one torch thread, so no thread pool exists at fork time);
+children talk to the session's Prefect test server. Kill points inside a run come from a
+patch of ``os.replace`` installed in the child only (no test hook in library code):
 
 1. SIGKILL right after the 4th PNG rename: shard 0 done, one image of shard 1 written, its
    part not (between an image write and its shard's Parquet);
@@ -44,84 +44,13 @@ REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle", "a blue square", "a green star", "a pink cube", "a gray dot", "a teal ring"]
 VOLATILE = ["run_id", "image_path", "created_at", "generation_seconds", "scoring_seconds"]
 
-FORK_SERVER = r"""
-import json, os, signal, sys, time, traceback
-import torch, diffusers, open_clip  # noqa: F401  imported once, before any fork
-import winnow.flows.cli, winnow.flows.curate  # noqa: F401
-
-def install_kill(kill):
-    real, pngs = os.replace, [0]
-    def replace(src, dst, *args, **kwargs):
-        if kill and kill["at"] == "parquet" and str(dst).endswith(kill["name"]):
-            os.truncate(src, os.path.getsize(src) // 2)  # the part's temp file, half written
-            os.kill(os.getpid(), signal.SIGKILL)
-        if kill and kill["at"] == "barrier" and str(dst).endswith(".parquet") and not pngs[0] < 0:
-            # Hold the first part until every process of the barrier holds its first part, so
-            # processes resuming one run provably write the same shard at the same time.
-            pngs[0] = -1
-            open(os.path.join(kill["dir"], str(os.getpid())), "w").close()
-            for _ in range(6000):
-                if len(os.listdir(kill["dir"])) >= kill["n"]:
-                    break
-                time.sleep(0.01)
-        real(src, dst, *args, **kwargs)
-        if kill and kill["at"] == "png" and str(dst).endswith(".png"):
-            pngs[0] += 1
-            if pngs[0] == kill["n"]:
-                os.kill(os.getpid(), signal.SIGKILL)  # an image renamed, its shard's part not written
-    os.replace = replace
-
-def warm(path):
-    # Load the run's models once, here, so children find them in the process caches (as later
-    # shards of one run do). One torch thread: no OpenMP pool exists when the children fork.
-    from winnow.pipeline.config import load_config
-    from winnow.models.generator import load_pipeline
-    from winnow.scoring.base import build_scorers
-
-    torch.set_num_threads(1)
-    config = load_config(path)
-    load_pipeline(config.generator)
-    for scorer in build_scorers(config.scorers, torch.device("cpu")):
-        scorer.setup()
-
-signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
-print("ready", flush=True)
-for line in sys.stdin:
-    job = json.loads(line)
-    if "warm" in job:
-        warm(job["warm"])
-        print("warm", flush=True)
-        continue
-    pid = os.fork()
-    if pid:
-        print(pid, flush=True)
-        continue
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    install_kill(job["kill"])
-    code = 1
-    try:
-        winnow.flows.cli.app(job["args"], prog_name="winnow")
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
-    except BaseException:
-        traceback.print_exc()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with open(job["log"] + ".rc", "w") as f:
-        f.write(str(code))
-    os._exit(code)
-"""
+WORKER = Path(__file__).with_name("resume_worker.py")  # the fork server
 
 
 class ForkServer:
     """Starts `winnow` processes forked from one pre-imported Python."""
 
     def __init__(self, folder: Path, api_url: str) -> None:
-        script = folder / "fork_server.py"
-        script.write_text(FORK_SERVER)
         env = {
             **os.environ,
             "PREFECT_API_URL": api_url,  # the session's test server: no ephemeral server per child
@@ -130,7 +59,7 @@ class ForkServer:
         }
         self.folder = folder
         self.proc = subprocess.Popen(
-            [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             cwd=REPO, env=env,
         )  # fmt: skip
         assert self.proc.stdout.readline().strip() == "ready"
