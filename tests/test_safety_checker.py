@@ -115,3 +115,21 @@ def test_unset_the_key_keeps_run_ids(make_config, checked_sd: Path) -> None:
     kept = load_config(make_config(PROMPTS, generator={"model": str(checked_sd), "safety_checker": True}))
     off = load_config(make_config(PROMPTS, generator={"model": str(checked_sd), "safety_checker": False}))
     assert len({unset.result_hash(), kept.result_hash(), off.result_hash()}) == 3
+
+
+def test_adaptive_n_counts_flagged_candidates_as_not_eligible(
+    make_config, tiny_sd: Path, tmp_path: Path
+) -> None:
+    from winnow.models.testing import build_tiny_checker_pipeline
+
+    flags_all = build_tiny_checker_pipeline(tiny_sd, tmp_path / "flags-all", flag_all=True)
+    candidates = {"min": 2, "max": 4, "until_kept": 1}
+    config = load_config(
+        make_config(
+            PROMPTS[:2], generator={"model": str(flags_all), "steps": 2}, run={"candidates": candidates}
+        )
+    )
+    rows = run(config)
+    assert rows.groupby("prompt_id").size().tolist() == [4, 4]  # every round ran: nothing was eligible
+    assert rows["safety_flagged"].all() and not rows["kept"].any()
+    assert rows["reject_reason"].eq("safety_checker").all()
