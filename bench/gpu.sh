@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU throughput benchmark (bench/gpu.py) for one H100/H200, a few minutes including set-up.
-# The device machine has torch but not diffusers/open_clip/pydantic: they come as wheels in
+# The GPU machine has torch but not diffusers/open_clip/pydantic: they come as wheels in
 # .whl/ (made beforehand: see bench/README.md), installed to /tmp/site.
-# Writes $OUT/gpu-<chip>.json when OUT is set (the device tool's folder), else bench/results/.
+# Writes $OUT/gpu-<chip>.json when OUT is set (a folder copied back from the GPU machine),
+# else bench/results/.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 if ! python3 -c "import diffusers, open_clip, pydantic" 2>/dev/null; then
