@@ -50,6 +50,7 @@ BUNDLED = {
     "shapes-clip": BUNDLED_ROOT / "clip",
     "shapes-aesthetic": BUNDLED_ROOT / "aesthetic.safetensors",
     "shapes-preview": BUNDLED_ROOT / "preview",
+    "shapes-pick": BUNDLED_ROOT / "pick",
 }
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
 _SINGLE_FILE_SUFFIXES = {".safetensors", ".ckpt"}

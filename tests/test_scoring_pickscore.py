@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from winnow.models.errors import ModelNotFoundError
+from winnow.models.sources import BUNDLED
 from winnow.pipeline.config import Scoring
 from winnow.scoring.base import Candidates
 from winnow.scoring.pickscore import PickScoreParams, PickScoreScorer, RewardModelError, clear_cache
@@ -143,3 +144,51 @@ def test_config_validates_pickscore_params(tiny: Path) -> None:
     assert scoring.scorers["pickscore"] == PickScoreParams(model=str(tiny), processor=None)
     with pytest.raises(ValueError, match=r"unknown key .scorers\.pickscore\.softmax"):
         Scoring.model_validate({"scorers": {"pickscore": {"softmax": True}}, "select": {"keep": 1}})
+
+
+needs_shapes = pytest.mark.skipif(
+    not (BUNDLED["shapes-clip"] / "shapes-clip.safetensors").exists(), reason="shapes weights not built"
+)
+
+
+@needs_shapes
+def test_shapes_clip_converts_to_a_clipmodel_exactly(tmp_path: Path) -> None:
+    """shapes-pick's starting point: the open_clip shapes CLIP as a transformers CLIPModel with
+    the pruned tokenizer computes the same embeddings through the pickscore loader."""
+    from winnow.models.shapes.data import FULL_CAPTIONS, SHORT_CAPTIONS, render_pool
+    from winnow.models.shapes.evaluate import as_tensor
+    from winnow.models.shapes.train_pick import all_texts, to_transformers
+    from winnow.scoring import clip as oc
+    from winnow.scoring.pickscore import encode_images, encode_texts, load_pickscore
+
+    spec = oc.ClipSpec(model="bundled:shapes-clip")
+    model, tokenizer = to_transformers(oc.load_clip(spec, CPU).model, tmp_path, all_texts())
+    assert len(tokenizer) < 600  # the token table is cut to the world's words
+    model.save_pretrained(tmp_path)
+    reward = load_pickscore(PickScoreParams(model=str(tmp_path), processor=None), CPU)
+    images = as_tensor(render_pool(16, seed=3)[0])
+    texts = FULL_CAPTIONS + SHORT_CAPTIONS
+    torch.testing.assert_close(
+        encode_images(images, reward), oc.encode_images(images, spec, CPU), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        encode_texts(texts, reward), oc.encode_texts(texts, spec, CPU), atol=1e-5, rtol=0
+    )
+
+
+@needs_shapes
+@pytest.mark.skipif(
+    not (BUNDLED["shapes-pick"] / "model.safetensors").exists(), reason="shapes-pick not built"
+)
+def test_bundled_shapes_pick_prefers_the_image_its_prompt_describes() -> None:
+    from winnow.models.shapes.data import FULL_CAPTIONS, render_pool
+    from winnow.models.shapes.evaluate import as_tensor
+
+    images, ids = render_pool(64, seed=11)
+    own = [FULL_CAPTIONS[i] for i in ids]
+    other = [FULL_CAPTIONS[(i + 23) % len(FULL_CAPTIONS)] for i in ids]  # another scene's caption
+    pick = PickScoreScorer(PickScoreParams(model="bundled:shapes-pick", processor=None), CPU)
+    x = as_tensor(images)
+    right = pick.score(Candidates(x, own))
+    wrong = pick.score(Candidates(x, other))
+    assert (right > wrong).float().mean() >= 0.9

@@ -7,7 +7,8 @@
 Stages (each checkpointed under ``--work`` so a later stage can be re-run with ``--start``):
 vae -> diffusion -> decoder (fine-tune) -> samples (oracle-labelled generations for the CLIP)
 -> clip -> aesthetic -> export (fp16 safetensors) -> preview (a tiny decoder for pruning
-previews, distilled from the exported pipeline's VAE) -> evaluate (from the exported files,
+previews, distilled from the exported pipeline's VAE) -> pick (a PickScore-style preference
+model fine-tuned from the CLIP on oracle-judged pairs) -> evaluate (from the exported files,
 loaded through winnow's own loaders). Wall time and seconds per step of each stage go to
 ``<work>/timings.json``, the evaluate stage's metrics to ``<work>/metrics.json``.
 """
@@ -33,7 +34,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionPipeline
 
 from winnow.models.generator import GeneratorParams, load_pipeline
 from winnow.models.shapes import evaluate as ev
-from winnow.models.shapes import oracle
+from winnow.models.shapes import oracle, train_pick
 from winnow.models.shapes.data import FULL_CAPTIONS, SCENE_INDEX, SHORT_CAPTIONS, render_pool, seed_everything
 from winnow.models.shapes.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
 from winnow.models.shapes.train_aesthetic import AestheticConfig, save_aesthetic, train_aesthetic
@@ -44,9 +45,20 @@ from winnow.models.shapes.train_vae import DecoderConfig, VaeConfig, finetune_de
 from winnow.models.sources import BUNDLED_ROOT
 from winnow.models.tokenizer import build_clip_tokenizer
 from winnow.scoring.aesthetic import AestheticHead
-from winnow.scoring.clip import ClipSpec, clear_cache
+from winnow.scoring.clip import ClipSpec, clear_cache, load_clip
 
-STAGES = ("vae", "diffusion", "decoder", "samples", "clip", "aesthetic", "export", "preview", "evaluate")
+STAGES = (
+    "vae",
+    "diffusion",
+    "decoder",
+    "samples",
+    "clip",
+    "aesthetic",
+    "export",
+    "preview",
+    "pick",
+    "evaluate",
+)
 SEED = 1234
 N_RENDERS = 20_000
 N_RECON = 4096
@@ -221,6 +233,21 @@ def main(argv: list[str] | None = None) -> None:
         config.pop("block_out_channels", None)
         (args.out / "preview" / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         timings.record("preview", t0, pcfg.steps)
+
+    if "pick" in run:
+        t0 = time.time()
+        seed_everything(SEED + 8)
+        kcfg = replace(train_pick.PickConfig(), steps=steps(train_pick.PickConfig().steps))
+        pipe = load_pipeline(GeneratorParams(model=str(args.out / "sd"), device=args.device))
+        x, prompts, pairs = train_pick.generate_choices(pipe, kcfg, SEED * 3000, log)
+        exported = args.out / "clip" / CLIP_NAME
+        clip = load_clip(ClipSpec(model=f"{exported}.json", pretrained=f"{exported}.safetensors"), "cpu")
+        model, tokenizer = train_pick.to_transformers(clip.model, args.out / "pick", train_pick.all_texts())
+        model = train_pick.train_pick(model, tokenizer, x, prompts, pairs, kcfg, log, SEED + 8)
+        train_pick.save_pick(model, args.out / "pick")
+        size = sum(f.stat().st_size for f in (args.out / "pick").iterdir())
+        log(f"pick: {size / 1e6:.2f} MB under {args.out / 'pick'}")
+        timings.record("pick", t0, kcfg.steps)
 
     if "evaluate" in run:
         t0 = time.time()
