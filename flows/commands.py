@@ -1,4 +1,5 @@
-"""CLI commands over an existing catalog: stats, query, regenerate, export, report, score.
+"""CLI commands over an existing catalog: stats, query, regenerate, export, report, score,
+rescore, dedup.
 
 Registered into the ``winnow`` app by ``winnow.flows.cli`` (``register(app)``). Heavy imports happen
 inside the commands, so ``winnow --help`` stays fast. Errors are one line (``error: ...``,
@@ -173,6 +174,10 @@ def export_command(
     buckets: Annotated[
         str | None, typer.Option(help="WxH[,...]: record each image's nearest-aspect bucket (SDXL sizes)")
     ] = None,
+    dedup: Annotated[
+        bool | None,
+        typer.Option("--dedup/--no-dedup", help="leave out winnow dedup's duplicates (default: when it ran)"),
+    ] = None,
     catalog: Annotated[Path, typer.Argument(help="catalog folder")] = DEFAULT_CATALOG,
 ) -> None:
     """Export rows that have an image file as a training set: images, captions, the full row as
@@ -195,6 +200,7 @@ def export_command(
             name=name,
             caption_extension=caption_extension,
             buckets=buckets,
+            dedup=dedup,
         )
     for row_id, why in result.skipped:
         err_console.print(f"skipped {row_id}: {why}", highlight=False)
@@ -245,6 +251,55 @@ def score_command(
     )
 
 
+def rescore_command(
+    config: Annotated[Path, typer.Option(help="config whose scorers section holds the scorer's settings")],
+    scorer: Annotated[str, typer.Option(help="head scorer to add (aesthetic, nsfw, ...)")],
+    catalog: Annotated[Path, typer.Argument(help="catalog folder")] = DEFAULT_CATALOG,
+    run: Annotated[list[str] | None, typer.Option(help="only this run (repeatable)")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+) -> None:
+    """Add a head scorer to existing rows from their stored embeddings (no images, no
+    regeneration), as a side table the catalog view joins: score_<scorer> is no longer null for
+    runs made before it was configured."""
+    from winnow.pipeline.rescore import RescoreError, rescore
+    from winnow.pipeline.score_config import load_score_config
+
+    with one_line_errors():
+        cfg = load_score_config(config)
+        if scorer not in cfg.scorers:
+            raise RescoreError(f"scorer {scorer!r} is not configured in {config}")
+        results = rescore(catalog, scorer, cfg.scorers[scorer], device, run)
+    for r in results:
+        if r.skipped:
+            err_console.print(f"run {r.run_id}: skipped ({r.skipped})", highlight=False)
+    done = [r for r in results if not r.skipped]
+    err_console.print(
+        f"rescored {sum(r.rows for r in done)} rows of {len(done)} runs with {scorer} "
+        f"({len(results) - len(done)} runs skipped)"
+    )
+
+
+def dedup_command(
+    catalog: Annotated[Path, typer.Argument(help="catalog folder")] = DEFAULT_CATALOG,
+    cosine: Annotated[float, typer.Option(help="cosine at or above which two rows are duplicates")] = 0.95,
+    where: Annotated[str | None, typer.Option(help="SQL condition: only these kept rows")] = None,
+    by: Annotated[str, typer.Option(help="column whose highest value each group keeps")] = "combined_score",
+) -> None:
+    """Group near-duplicate kept rows over all runs from their stored embeddings, keep each
+    group's best, and record the decision in a side table (dedup/decisions.parquet; the parts
+    are not rewritten). Stats, report and export honour it."""
+    from winnow.catalog.dedup import dedup_catalog
+
+    with one_line_errors():
+        result = dedup_catalog(catalog, cosine, where, by)
+    d = result.decisions
+    missing = f"; {result.missing} kept rows have no stored embedding" if result.missing else ""
+    err_console.print(
+        f"dedup ({d.method}, cosine >= {cosine}): {result.rows} kept rows, {d.groups} groups of "
+        f"near-duplicates, {d.duplicates} rows marked duplicate{missing} -> [bold]{result.path}[/]"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add these commands to the ``winnow`` app."""
     app.add_typer(catalog_app, name="catalog")
@@ -252,3 +307,5 @@ def register(app: typer.Typer) -> None:
     app.command("export")(export_command)
     app.command("report")(report_command)
     app.command("score")(score_command)
+    app.command("rescore")(rescore_command)
+    app.command("dedup")(dedup_command)

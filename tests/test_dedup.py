@@ -115,3 +115,24 @@ def test_winnow_dedup_finds_every_injected_copy(make_config, tmp_path: Path) -> 
     with pytest.raises(DedupError, match="--cosine"):
         dedup_catalog(config.run.out, cosine=1.5)
     assert len(second) == len(first)
+
+
+def test_the_rescore_and_dedup_commands(make_config) -> None:
+    from typer.testing import CliRunner
+
+    from winnow.flows.cli import app
+
+    path = make_config(PROMPTS)
+    config = load_config(path)
+    run(config)
+    runner, root = CliRunner(), str(config.run.out)
+    done = runner.invoke(app, ["rescore", root, "--config", str(path), "--scorer", "aesthetic"])
+    assert done.exit_code == 0, done.output
+    assert "run run: skipped (its rows already have the score)" in done.output
+    wrong = runner.invoke(app, ["rescore", root, "--config", str(path), "--scorer", "clip_score"])
+    assert wrong.exit_code == 2 and wrong.output.count("\n") == 1 and "not a head scorer" in wrong.output
+    grouped = runner.invoke(app, ["dedup", root, "--cosine", "0.999"])
+    assert grouped.exit_code == 0, grouped.output
+    assert "dedup (exact, cosine >= 0.999)" in grouped.output
+    bad = runner.invoke(app, ["dedup", root, "--where", "no_such_column"])
+    assert bad.exit_code == 2 and "query failed" in bad.output
