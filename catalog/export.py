@@ -165,8 +165,8 @@ def _select(root: Path, where: str | None, run_id: str | None, kept_only: bool, 
     conditions = ["image_path IS NOT NULL"]
     if where:
         conditions.append(f"({where})")
-    if kept_only:
-        conditions.append("kept")
+    if kept_only:  # a reviewer's decision where there is one, else the policy's
+        conditions.append("kept_final")
     if dedup:
         conditions.append("dedup_kept IS NOT FALSE")
     if run_id:

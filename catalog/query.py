@@ -17,7 +17,8 @@ which neither the glob below nor pyarrow's dataset discovery picks up.
 Both ways join the side tables of later steps by ``(run_id, candidate_id)``, never rewriting a
 part: rescored scores (``winnow.catalog.rescore``) fill ``score_<scorer>`` where a part has
 none, and the dedup decisions (``winnow.catalog.dedup``) add ``dedup_kept``,
-``duplicate_of_run``, ``duplicate_of`` and ``dedup_cosine``.
+``duplicate_of_run``, ``duplicate_of`` and ``dedup_cosine``. A person's decisions
+(``winnow.catalog.labels``, ``winnow review``) add ``human_decision`` and ``kept_final``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pyarrow.parquet as pq
 
 from winnow.catalog.dedup import COLUMNS as DEDUP_COLUMNS
 from winnow.catalog.dedup import decisions_path, read_decisions
+from winnow.catalog.labels import label_parts, latest, latest_sql
 from winnow.catalog.rescore import read_rescored, rescored
 from winnow.catalog.schema import score_column
 from winnow.models.errors import WinnowError, first_line
@@ -78,7 +80,7 @@ def read_table(root: str | Path, run_id: str | None = None) -> pa.Table:
     source = table["source"].cast(pa.string())
     filled = pc.fill_null(source, "generated")
     table = table.set_column(table.column_names.index("source"), "source", filled)
-    return _join_side_tables(root, table)
+    return _with_labels(root, _join_side_tables(root, table))
 
 
 def _keys(table: pa.Table) -> pa.Array:
@@ -106,6 +108,17 @@ def _join_side_tables(root: str | Path, table: pa.Table) -> pa.Table:
     return table
 
 
+def _with_labels(root: str | Path, table: pa.Table) -> pa.Table:
+    """``table`` with ``human_decision`` and ``kept_final`` (``winnow.catalog.labels``)."""
+    decisions = latest(root)
+    if decisions is None:
+        human = pa.nulls(table.num_rows, pa.string())
+    else:
+        human = pc.take(decisions["human_decision"], pc.index_in(_keys(table), value_set=_keys(decisions)))
+    final = pc.if_else(pc.is_null(human), table["kept"], pc.equal(human, "keep"))
+    return table.append_column("human_decision", human).append_column("kept_final", final)
+
+
 def read_catalog(root: str | Path, run_id: str | None = None) -> pd.DataFrame:
     """``read_table`` as a pandas DataFrame (missing scores are NaN, missing strings None)."""
     return read_table(root, run_id).to_pandas()
@@ -127,7 +140,8 @@ def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
         select = "SELECT * REPLACE (coalesce(source, 'generated') AS source)"
     else:
         select = "SELECT *, 'generated' AS source"
-    con.execute(f"CREATE VIEW {VIEW} AS {_side_table_joins(root, f'{select} FROM {source}', columns)}")
+    joined = _side_table_joins(root, f"{select} FROM {source}", columns)
+    con.execute(f"CREATE VIEW {VIEW} AS {_label_join(root, joined)}")
     return con
 
 
@@ -159,6 +173,18 @@ def _side_table_joins(root: str | Path, parts: str, columns: list[str]) -> str:
         return parts
     star = f"p.* REPLACE ({', '.join(replaced)})" if replaced else "p.*"
     return f"SELECT {', '.join([star, *added])} FROM ({parts}) p {' '.join(joins)}"
+
+
+def _label_join(root: str | Path, rows: str) -> str:
+    """``rows`` (a SELECT) with ``human_decision`` and ``kept_final`` (``winnow.catalog.labels``)."""
+    parts = label_parts(root)
+    if not parts:
+        return f"SELECT *, NULL::VARCHAR AS human_decision, kept AS kept_final FROM ({rows})"
+    return (
+        "SELECT c.*, h.human_decision, coalesce(h.human_decision = 'keep', c.kept) AS kept_final "
+        f"FROM ({rows}) c LEFT JOIN ({latest_sql(parts)}) h "
+        "ON c.run_id = h.run_id AND c.candidate_id = h.candidate_id"
+    )
 
 
 def query(root: str | Path, sql: str) -> pa.Table:

@@ -139,7 +139,7 @@ def _summary(rows: pd.DataFrame) -> str:
 
 def _histogram(rows: pd.DataFrame, column: str, width: int = 300, height: int = 140) -> str:
     values = rows[column].to_numpy(dtype="float64", na_value=np.nan)
-    kept = rows["kept"].fillna(False).to_numpy(dtype=bool)
+    kept = rows["kept_final"].fillna(False).to_numpy(dtype=bool)
     finite = np.isfinite(values)
     if not finite.any():
         return ""
@@ -217,7 +217,7 @@ def _card(row: pd.Series, root: Path, scores: list[str], images: dict[tuple[str,
     marked = row.get("dedup_kept")
     if marked is not None and not pd.isna(marked) and not marked:  # beside the row it duplicates
         return _duplicate(row, root, scores, images)
-    kept = bool(row["kept"])
+    kept = bool(row["kept_final"])
     uri = _thumbnail(root, row["image_path"])
     cid = _e(row["candidate_id"])
     picture = (
@@ -226,6 +226,8 @@ def _card(row: pd.Series, root: Path, scores: list[str], images: dict[tuple[str,
         else "<div class='placeholder'>no image saved</div>"
     )
     status = "kept" if kept else _e(row["reject_reason"] or "rejected")
+    if pd.notna(row.get("human_decision")):  # a reviewer's decision overrules the policy's
+        status = f"{'kept' if kept else 'rejected'} by reviewer"
     values = "<br>".join(
         f"{_e(c.removeprefix('score_'))} {_num(row[c])}" for c in scores if pd.notna(row.get(c))
     )

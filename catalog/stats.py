@@ -15,7 +15,8 @@ ALL = "(all runs)"
 def run_stats(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per run, then a total row (``run_id`` = ``ALL``).
 
-    Columns: run_id, source (comma-joined), prompts, candidates, kept, acceptance (kept /
+    Columns: run_id, source (comma-joined), prompts, candidates, kept (``kept_final``: a
+    reviewer's decision where there is one, else the policy's), acceptance (kept /
     candidates, in [0, 1]), images (rows with a saved image file), duplicates (kept rows
     ``winnow dedup`` marked near-duplicates), first/last (created_at).
     """
@@ -26,7 +27,7 @@ def run_stats(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _counts(run_id: str, rows: pd.DataFrame) -> dict:
-    kept = int(rows["kept"].fillna(False).astype(bool).sum())
+    kept = int(rows["kept_final"].fillna(False).astype(bool).sum())
     return {
         "run_id": run_id,
         "source": ",".join(sorted(rows["source"].dropna().unique())),
@@ -44,7 +45,8 @@ def _counts(run_id: str, rows: pd.DataFrame) -> dict:
 
 def score_stats(rows: pd.DataFrame) -> pd.DataFrame:
     """Per run and score column (every ``score_*`` plus ``combined_score``) and group (all,
-    kept, rejected): the statistics of ``describe`` (finite values; ``nonfinite`` counts the rest).
+    kept, rejected; by ``kept_final``): the statistics of ``describe`` (finite values;
+    ``nonfinite`` counts the rest).
 
     Scores are in each scorer's own units (higher is better); a scorer that did not run for a
     run (its column is null there) is left out of that run.
@@ -52,7 +54,7 @@ def score_stats(rows: pd.DataFrame) -> pd.DataFrame:
     columns = [*score_columns(list(rows.columns)), "combined_score"]
     records = []
     for run_id, run in rows.groupby("run_id", sort=True):
-        kept = run["kept"].fillna(False).astype(bool)
+        kept = run["kept_final"].fillna(False).astype(bool)
         for column in columns:
             values = run[column].astype("float64")
             if values.isna().all():
