@@ -309,3 +309,6 @@ def register(app: typer.Typer) -> None:
     app.command("score")(score_command)
     app.command("rescore")(rescore_command)
     app.command("dedup")(dedup_command)
+    from winnow.review.cli import review_command  # the review app's own package
+
+    app.command("review")(review_command)

@@ -1,0 +1,1 @@
+"""``winnow review``: a local web app where a person checks and corrects the selection."""
