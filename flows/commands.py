@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 
 from winnow.flows.console import err_console, fail, make_console, one_line_errors
+from winnow.flows.review_cli import review_command
 
 out_console = make_console()  # tables on stdout
 DEFAULT_CATALOG = Path("out/catalog")  # run.out's default (pipeline/config.py)
@@ -309,6 +310,4 @@ def register(app: typer.Typer) -> None:
     app.command("score")(score_command)
     app.command("rescore")(rescore_command)
     app.command("dedup")(dedup_command)
-    from winnow.review.cli import review_command  # the review app's own package
-
     app.command("review")(review_command)

@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Layer of each package: a module may import its own package and the layers below it. The
 # root package (python -m winnow, the docs generator) is the entry point above them all.
-LAYERS = {"winnow": 4, "flows": 3, "pipeline": 2, "models": 1, "scoring": 1, "catalog": 0}
+LAYERS = {"winnow": 4, "flows": 3, "pipeline": 2, "review": 2, "models": 1, "scoring": 1, "catalog": 0}
 # The real exceptions (docs/design.md): importing module or package -> imported module or package.
 EXCEPTIONS = {
     # The base every layer uses: the one-line error, and references to model files.

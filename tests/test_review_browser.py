@@ -30,8 +30,8 @@ from tests.test_report import CHROMIUM_FLAGS, browser
 from winnow.catalog.labels import history
 from winnow.catalog.query import read_catalog
 from winnow.flows.cli import app as cli
+from winnow.flows.review_cli import make_server
 from winnow.review.app import create_app
-from winnow.review.cli import make_server
 
 XSS = "<script>window.__xss=1</script><img src=x onerror='window.__xss=1'> a red circle"
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "review-screenshot.png"

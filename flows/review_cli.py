@@ -1,4 +1,5 @@
-"""``winnow review``: serve the review app on this machine (registered by ``winnow.flows.commands``)."""
+"""``winnow review``: serve the review app (``winnow.review``) on this machine; registered by
+``winnow.flows.commands``."""
 
 from __future__ import annotations
 
