@@ -54,6 +54,7 @@ class _Writer(ABC):
 
     def __init__(self, out: Path) -> None:
         self.out = out
+        self.filled: set[str] = set()  # fields some sample written so far has a value for
 
     @abstractmethod
     def add(self, split: str, row: dict, data: bytes, values: dict) -> None:
@@ -67,8 +68,13 @@ class _Writer(ABC):
         return f"{split}/**"
 
     def metadata(self, schema: pa.Schema) -> pa.Schema:
-        """The fields' types as the consumer reads them back (JSON's, by default)."""
-        return json_types(schema)
+        """The fields' types as the consumer reads them back (JSON's, by default): a field
+        that no written sample has a value for is read back as null."""
+        return pa.schema([f if f.name in self.filled else f.with_type(pa.null()) for f in json_types(schema)])
+
+    def saw(self, values: dict) -> None:
+        """Note which fields of a written sample have values (see ``metadata``)."""
+        self.filled.update(name for name, value in values.items() if value is not None)
 
     def fields(self, schema: pa.Schema) -> list[pa.Field]:
         """A sample's fields as the consumer sees them: the image, then the metadata."""
@@ -88,6 +94,7 @@ class _ImageFolder(_Writer):
         (self.out / split).mkdir(exist_ok=True)
         file_name = sample_name(row) + image_suffix(row)
         (self.out / split / file_name).write_bytes(data)
+        self.saw(values)
         self.lines[split].append(
             json.dumps({"file_name": file_name, **json_safe(values)}, ensure_ascii=False)
         )
@@ -113,6 +120,7 @@ class _WebDataset(_Writer):
             self.tar = tarfile.open(path, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 (closed by close)
         key = f"{row['run_id']}/{row['candidate_id']}"
         self.suffixes.add(image_suffix(row))
+        self.saw(values)
         meta = json.dumps(json_safe(values), ensure_ascii=False, sort_keys=True).encode()
         for member, payload in (
             (key + image_suffix(row), data),
