@@ -41,6 +41,13 @@ _FIELD_DOCS = {
     "aspect_ratio": "width / height",
     "bucket_width": "width of the nearest-aspect bucket of the given list (pixels)",
     "bucket_height": "height of that bucket (pixels)",
+    "caption": "the prompt both images of the pair were generated from",
+    "jpg_0": "the first image's file bytes (PNG as generated)",
+    "jpg_1": "the second image's file bytes",
+    "label_0": "1.0 when jpg_0 is the preferred image, 0.0 when jpg_1 is",
+    "candidate_id_0": "jpg_0's candidate in the catalog",
+    "candidate_id_1": "jpg_1's candidate in the catalog",
+    "source": "who preferred: `human` (winnow review's decisions) or `policy` (kept vs not kept)",
 } | {c.name: c.doc for c in COLUMNS}
 
 
@@ -333,6 +340,11 @@ _LOADING = {
         '`datasets.load_dataset(DIR)` (or `load_dataset("parquet", data_files="DIR/data/train-*.parquet")`): '
         "Parquet shards `data/<split>-NNNNN-of-NNNNN.parquet` whose `image` column holds the image bytes "
         "as `datasets` writes them (struct `{bytes, path}`), followed by the fields above."
+    ),
+    "pairs": (
+        "`datasets.load_dataset(DIR)`: Parquet shards `data/<split>-NNNNN-of-NNNNN.parquet` of preference "
+        "pairs in the layout of diffusers' Diffusion-DPO script (`train_diffusion_dpo.py --dataset_name "
+        "DIR`: `caption`, `jpg_0`, `jpg_1`, `label_0`)."
     ),
     "kohya": (
         "kohya-ss/sd-scripts: `--train_data_dir DIR/train --caption_extension {caption_extension}` (the "

@@ -17,6 +17,8 @@ those ``split`` asks for, by prompt: ``winnow.catalog.splits``):
 - ``kohya``: ``<out>/<split>/<repeats>_<name>/<name>.png`` + the caption beside it
   (``caption_extension``: ``.txt``, or sd-scripts' default ``.caption``), the layout
   kohya-ss/sd-scripts reads with ``--train_data_dir <out>/train``.
+- ``pairs``: preferred/rejected image pairs of the same prompt (human decisions where present,
+  else the policy's) for diffusers' Diffusion-DPO script: ``winnow.catalog.export_pairs``.
 
 The fields are the full catalog row plus the caption, split and image size
 (``winnow.catalog.export_fields``), the files are written by ``winnow.catalog.export_formats``,
@@ -47,7 +49,7 @@ from winnow.catalog.export_formats import writer as make_writer
 from winnow.catalog.query import VIEW, CatalogError, query, score_columns
 from winnow.catalog.splits import TRAIN, parse_splits, split_of
 
-FORMATS: tuple[str, ...] = ("imagefolder", "webdataset", "parquet", "kohya")
+FORMATS: tuple[str, ...] = ("imagefolder", "webdataset", "parquet", "kohya", "pairs")
 CAPTION_EXTENSIONS = (".txt", ".caption")
 
 
@@ -82,6 +84,7 @@ def export(
     caption_extension: str = ".txt",
     buckets: str | None = None,
     dedup: bool | None = None,
+    pairs_per_prompt: int = 16,
 ) -> ExportResult:
     """Export the rows of the catalog at ``root`` matching ``where`` (SQL over the view
     ``catalog``), ``run_id`` and ``kept_only`` that have an image, as ``fmt`` into ``out``
@@ -90,7 +93,8 @@ def export(
     per Parquet shard; ``repeats``, ``name`` and ``caption_extension``: the kohya folder
     ``<repeats>_<name>`` and its captions; ``buckets``: ``WxH,...`` sizes whose nearest aspect
     ratio each sample records. ``dedup``: leave out the rows ``winnow dedup`` marked duplicates
-    (default: when the catalog has dedup decisions)."""
+    (default: when the catalog has dedup decisions). ``pairs_per_prompt``: the most pairs per
+    prompt (``pairs``)."""
     if fmt not in FORMATS:
         raise CatalogError(f"unknown export format {fmt!r} (use {', '.join(FORMATS)})")
     if shard_size < 1 or repeats < 1 or not shard_mb > 0:
@@ -107,6 +111,22 @@ def export(
         dedup = decisions_path(root).exists()
     elif dedup and not decisions_path(root).exists():
         raise CatalogError("--dedup: the catalog has no dedup decisions (run winnow dedup first)")
+    if fmt == "pairs":
+        if kept_only:
+            raise CatalogError("--kept-only does not apply to pairs (each pair needs a rejected image)")
+        from winnow.catalog.export_pairs import export_pairs  # it builds on this module
+
+        return export_pairs(
+            root,
+            out,
+            where,
+            run_id,
+            split=split,
+            split_seed=split_seed,
+            shard_mb=shard_mb,
+            pairs_per_prompt=pairs_per_prompt,
+            dedup=dedup,
+        )
     rows = _select(root, where, run_id, kept_only, dedup)
     if not rows:
         raise CatalogError("no catalog rows with an image file match: nothing to export")

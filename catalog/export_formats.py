@@ -46,6 +46,8 @@ def writer(
         return _WebDataset(out, shard_size)
     if fmt == "parquet":
         return _Parquet(out, schema, int(shard_mb * 1e6))
+    if fmt == "pairs":
+        return _Pairs(out, schema, int(shard_mb * 1e6))
     return _Kohya(out, subset, caption_extension)
 
 
@@ -176,10 +178,14 @@ class _Parquet(_Writer):
             path.parent.mkdir(exist_ok=True)
             self.shards[split].append(path)
             self.writer, self.split, self.size = pq.ParquetWriter(path, self.schema), split, 0
-        self.batch.append({"image": {"bytes": data, "path": sample_name(row) + image_suffix(row)}, **values})
+        self.batch.append(self.row(row, data, values))
         self.size += len(data)
         if len(self.batch) == ROW_GROUP:
             self._flush()
+
+    def row(self, row: dict, data: bytes, values: dict) -> dict:
+        """The Parquet row of one sample: the image struct, then the fields."""
+        return {"image": {"bytes": data, "path": sample_name(row) + image_suffix(row)}, **values}
 
     def _flush(self):
         if self.batch:
@@ -203,6 +209,20 @@ class _Parquet(_Writer):
 
     def metadata(self, schema):
         return schema  # Parquet keeps the catalog's types
+
+
+class _Pairs(_Parquet):
+    """Preference pairs (``winnow.catalog.export_pairs``): each row's fields already hold both
+    images' bytes (``jpg_0``, ``jpg_1``); ``data`` is the two together, for the shard size."""
+
+    def row(self, row, data, values):
+        return values
+
+    def fields(self, schema):
+        return list(schema)
+
+    def card_features(self, schema):
+        return card_features(schema)
 
 
 class _Kohya(_Writer):

@@ -33,9 +33,18 @@ PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 SPLIT = "validation=0.2"  # for these prompts: 2 in validation, 1 in train
 
 
-def make_run(folder: Path, out: Path, run_id: str, prompts: list[str], tiny_sd, tiny_clip, tiny_head) -> None:
-    """A run of ``prompts`` x 3 candidates, 1 kept per prompt, rejected images saved, with its
-    manifest, into the catalog ``out``."""
+def make_run(
+    folder: Path,
+    out: Path,
+    run_id: str,
+    prompts: list[str],
+    tiny_sd,
+    tiny_clip,
+    tiny_head,
+    save_rejected: bool = True,
+) -> None:
+    """A run of ``prompts`` x 3 candidates, 1 kept per prompt, rejected images saved (unless
+    ``save_rejected`` is false), with its manifest, into the catalog ``out``."""
     (folder / f"{run_id}.txt").write_text("\n".join(prompts) + "\n")
     clip = {"model": str(tiny_clip.model), "pretrained": str(tiny_clip.pretrained)}
     config = Config.model_validate(
@@ -44,7 +53,7 @@ def make_run(folder: Path, out: Path, run_id: str, prompts: list[str], tiny_sd, 
             "generator": {"model": str(tiny_sd), "steps": 2, "batch_size": 4, "guidance": 3.0},
             "scorers": {"clip_score": {"clip": clip}, "aesthetic": {"clip": clip, "head": str(tiny_head)}},
             "select": {"keep": 1, "weights": {"clip_score": 1.0, "aesthetic": 0.5}},
-            "run": {"out": str(out), "candidates": 3, "shard_size": 2, "save_rejected": True},
+            "run": {"out": str(out), "candidates": 3, "shard_size": 2, "save_rejected": save_rejected},
         }
     )
     write_manifest(out, generated_manifest(config, run_id, len(prompts)))
