@@ -155,7 +155,7 @@ def regenerate_command(
 
 
 def export_command(
-    format: Annotated[str, typer.Option("--format", help="imagefolder, webdataset, parquet or kohya")],
+    format: Annotated[str, typer.Option("--format", help="imagefolder, webdataset, parquet, kohya or pairs")],
     out: Annotated[Path, typer.Option(help="export folder (created; must be absent or empty)")],
     where: Annotated[str | None, typer.Option(help="SQL condition over the view `catalog`")] = None,
     kept_only: Annotated[bool, typer.Option("--kept-only", help="only kept candidates")] = False,
@@ -166,7 +166,7 @@ def export_command(
     ] = None,
     split_seed: Annotated[int, typer.Option(help="seed of the prompt hash that assigns splits")] = 0,
     shard_size: Annotated[int, typer.Option(help="webdataset: samples per tar")] = 1000,
-    shard_mb: Annotated[float, typer.Option(help="parquet: MB of images per shard")] = 500,
+    shard_mb: Annotated[float, typer.Option(help="parquet, pairs: MB of images per shard")] = 500,
     repeats: Annotated[int, typer.Option(help="kohya: repeats, the folder is <repeats>_<name>")] = 1,
     name: Annotated[str, typer.Option(help="kohya: concept name of the folder")] = "winnow",
     caption_extension: Annotated[
@@ -179,6 +179,9 @@ def export_command(
         bool | None,
         typer.Option("--dedup/--no-dedup", help="leave out winnow dedup's duplicates (default: when it ran)"),
     ] = None,
+    pairs_per_prompt: Annotated[
+        int, typer.Option(help="pairs: the most preferred/rejected pairs per prompt")
+    ] = 16,
     catalog: Annotated[Path, typer.Argument(help="catalog folder")] = DEFAULT_CATALOG,
 ) -> None:
     """Export rows that have an image file as a training set: images, captions, the full row as
@@ -202,6 +205,7 @@ def export_command(
             caption_extension=caption_extension,
             buckets=buckets,
             dedup=dedup,
+            pairs_per_prompt=pairs_per_prompt,
         )
     for row_id, why in result.skipped:
         err_console.print(f"skipped {row_id}: {why}", highlight=False)
