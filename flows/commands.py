@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from winnow.flows.calibrate_cli import calibrate_command
 from winnow.flows.console import err_console, fail, make_console, one_line_errors
 from winnow.flows.review_cli import review_command
 
@@ -315,3 +316,4 @@ def register(app: typer.Typer) -> None:
     app.command("rescore")(rescore_command)
     app.command("dedup")(dedup_command)
     app.command("review")(review_command)
+    app.command("calibrate")(calibrate_command)

@@ -1,0 +1,122 @@
+"""``winnow calibrate``: fit ``select.weights`` to a reviewer's decisions (the fit is
+``winnow.scoring.calibrate``); registered by ``winnow.flows.commands``."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml.comments import CommentedMap
+
+from winnow.catalog.labels import latest
+from winnow.catalog.manifest import read_manifest
+from winnow.catalog.query import read_catalog
+from winnow.catalog.schema import score_column
+from winnow.catalog.writer import atomic_write
+from winnow.flows.console import make_console, one_line_errors
+from winnow.models.errors import first_line
+from winnow.scoring.calibrate import CalibrateError, agreement, choices, fit, holdout_mask, readable, wilson
+from winnow.scoring.select import Policy
+
+out_console = make_console()  # results on stdout
+MIN_PROMPTS = 5  # labelled prompts with a preference needed on each side of the split
+
+
+def load(catalog: Path, run: str | None, holdout: float, seed: int):
+    """(scorer names, the run's policy, train choices, held-out choices, prompts skipped)."""
+    if latest(catalog) is None:
+        raise CalibrateError(f"no labels in {catalog / 'labels'}: decide candidates with winnow review first")
+    rows = read_catalog(catalog, run)
+    labelled = rows[rows["human_decision"].notna()]
+    runs = sorted(labelled["run_id"].unique())
+    if not runs:
+        raise CalibrateError(f"no labels on the rows of {f'run {run!r}' if run else catalog}")
+    if len(runs) > 1:
+        raise CalibrateError(f"labels span runs {', '.join(runs)}: choose one with --run")
+    run_id = runs[0]
+    config = read_manifest(catalog, run_id).config
+    policy = Policy.model_validate(config.get("select", {}))
+    rows = rows[rows["run_id"] == run_id]
+    names = sorted(config.get("scorers", {}))
+    missing = [n for n in names if score_column(n) not in rows.columns]
+    if missing or not names:
+        raise CalibrateError(f"run {run_id!r} has no scores for {', '.join(missing) or 'any scorer'}")
+    scores = {n: rows[score_column(n)].to_numpy(dtype=np.float64) for n in names}
+    decisions = rows["human_decision"].tolist()
+    names, data = choices(scores, rows["prompt_id"].to_numpy(), decisions, policy.normalize)
+    held = holdout_mask(data.prompt_ids, holdout, seed)
+    train, test = data.subset(~held), data.subset(held)
+    if min(len(train.prompt_ids), len(test.prompt_ids)) < MIN_PROMPTS:
+        need = max(MIN_PROMPTS / max(holdout, 1e-9), MIN_PROMPTS / max(1 - holdout, 1e-9))
+        raise CalibrateError(
+            f"{len(data.prompt_ids)} labelled prompts with a preference ({len(train.prompt_ids)} to fit, "
+            f"{len(test.prompt_ids)} held out; {data.skipped} skipped: all keep or all reject); needs at "
+            f"least {MIN_PROMPTS} on each side, about {int(np.ceil(need))} with --holdout {holdout}"
+        )
+    return run_id, names, policy, train, test, data.skipped
+
+
+def write_weights(config: Path, weights: dict[str, float]) -> None:
+    """Set ``select.weights`` in the YAML ``config``, keeping its comments; written atomically."""
+    yaml = YAML()  # round trip: comments and key order survive
+    try:
+        data = yaml.load(config.read_text(encoding="utf-8"))
+    except YAMLError as err:
+        raise CalibrateError(f"{config}: not valid YAML ({first_line(err)})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("select") or {}, dict):
+        raise CalibrateError(f"{config}: expected a config mapping with a 'select' mapping")
+    if data.get("select") is None:
+        data["select"] = {}
+    old = data["select"].get("weights")
+    new = CommentedMap(weights)
+    if isinstance(old, CommentedMap) and old.fa.flow_style():
+        new.fa.set_flow_style()  # written as the user wrote it: {a: 1, b: 0.5}
+    data["select"]["weights"] = new
+    out = io.StringIO()
+    yaml.dump(data, out)
+    atomic_write(config, out.getvalue().encode())
+
+
+def _share(hits: int, n: int) -> str:
+    low, high = wilson(hits, n)
+    return f"{hits}/{n} = {hits / n:.0%} (95% Wilson {low:.0%}–{high:.0%})"
+
+
+def calibrate_command(
+    catalog: Annotated[Path, typer.Argument(help="catalog folder")] = Path("out/catalog"),
+    run: Annotated[str | None, typer.Option(help="the run whose labels to use (needed if several)")] = None,
+    holdout: Annotated[
+        float,
+        typer.Option(help="share of labelled prompts held out to measure on", min=0.05, max=0.95),
+    ] = 0.3,
+    seed: Annotated[int, typer.Option(help="seed of the stable prompt_id-hash split")] = 0,
+    write: Annotated[
+        Path | None, typer.Option(help="update this YAML config's select.weights (comments kept)")
+    ] = None,
+) -> None:
+    """Fit select.weights to the reviewer's decisions (winnow review): a conditional-logit fit
+    over the policy's within-prompt normalised scores on a split of the labelled prompts;
+    prints top-1 agreement with the reviewer on the held-out prompts before and after."""
+    with one_line_errors():
+        if write is not None and not write.is_file():
+            raise CalibrateError(f"--write {write}: no such config file")
+        run_id, names, policy, train, test, skipped = load(catalog, run, holdout, seed)
+        before = np.array([policy.weight(n) for n in names])
+        after = readable(fit(train))
+        weights = {n: float(w) for n, w in zip(names, after, strict=True)}
+        out_console.print(
+            f"run {run_id}: {len(train.prompt_ids)} prompts to fit, {len(test.prompt_ids)} held out, "
+            f"{skipped} skipped (all keep or all reject: no preference)"
+        )
+        out_console.print(f"held-out top-1 agreement, current weights: {_share(*agreement(test, before))}")
+        out_console.print(f"held-out top-1 agreement, fitted weights:  {_share(*agreement(test, after))}")
+        shown = ", ".join(f"{n}: {w:g}" for n, w in weights.items())
+        if write is None:
+            out_console.print(f"select:\n  weights: {{{shown}}}", markup=False, highlight=False)
+        else:
+            write_weights(write, weights)
+            out_console.print(f"{write}: select.weights = {{{shown}}}", markup=False, highlight=False)
