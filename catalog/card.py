@@ -219,7 +219,7 @@ def _body(
     lines = [
         f"# {title} (winnow export)",
         "",
-        f"{total} text-to-image samples (image + caption) curated by winnow: each prompt's candidates were "
+        f"{total} {_WHAT.get(fmt, _WHAT['samples'])} curated by winnow: each prompt's candidates were "
         "generated, scored and selected by the policy below, and every candidate was recorded in a "
         f"Parquet catalog. Exported as `{fmt}` on {datetime.now(UTC):%Y-%m-%d}.",
         "",
@@ -322,6 +322,12 @@ def fields_of(schema_fields: Sequence) -> list[tuple[str, str]]:
     """(name, datasets dtype) of Arrow fields, for the card's field table."""
     return [(f.name, "image" if f.name == "image" else dtype(f.type)) for f in schema_fields]
 
+
+# What a sample of each format is, for the card's first line.
+_WHAT = {
+    "samples": "text-to-image samples (image + caption)",
+    "pairs": "preference pairs (two images of one prompt, the preferred one marked by `label_0`)",
+}
 
 _LOADING = {
     "imagefolder": (

@@ -70,7 +70,7 @@ def test_policy_pairs_load_with_datasets_in_the_dpo_layout(root, tmp_path):
             # what train_diffusion_dpo.py does with a row: open both images from their bytes
             assert Image.open(io.BytesIO(pair["jpg_0"])).size == Image.open(io.BytesIO(pair["jpg_1"])).size
     header, body = card(out)
-    assert "pairs" in header["tags"] and "`label_0`" in body
+    assert "pairs" in header["tags"] and "6 preference pairs" in body and "`label_0`" in body
     # the cap keeps the widest gap first: the kept image against the worst-ranked one
     capped = tmp_path / "capped"
     assert "exported 3 samples" in export(root, capped, "--format", "pairs", "--pairs-per-prompt", "1").output
