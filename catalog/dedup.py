@@ -67,10 +67,11 @@ def pairs_exact(vectors: np.ndarray, cosine: float) -> tuple[np.ndarray, np.ndar
     return np.concatenate(found_i), np.concatenate(found_j)
 
 
-def pairs_faiss(vectors: np.ndarray, cosine: float, nprobe: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def pairs_faiss(vectors: np.ndarray, cosine: float, nprobe: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i < j) with cosine >= ``cosine``, found with a faiss inverted-file index (about
-    4 * sqrt(n) lists, ``nprobe`` of them searched per row): approximate, a pair whose rows fall
-    in lists far apart can be missed."""
+    2 * sqrt(n) lists, k-means on 40 rows per list; ``nprobe`` lists searched per row):
+    approximate, a pair whose rows fall in lists far apart can be missed. Near-copies nearly
+    always share their nearest list, so few lists are searched (recall: bench/dedup.py)."""
     try:
         import faiss
     except ImportError:
@@ -80,10 +81,10 @@ def pairs_faiss(vectors: np.ndarray, cosine: float, nprobe: int = 16) -> tuple[n
         ) from None
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = x.shape
-    lists = max(1, min(int(4 * math.sqrt(n)), n // 39))  # faiss wants >= 39 training rows per list
+    lists = max(1, min(int(2 * math.sqrt(n)), n // 40))  # faiss wants >= 39 training rows per list
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, lists, faiss.METRIC_INNER_PRODUCT)
-    sample = np.random.default_rng(0).choice(n, size=min(n, lists * 64), replace=False)
+    sample = np.random.default_rng(0).choice(n, size=min(n, lists * 40), replace=False)
     index.train(x[np.sort(sample)])
     index.add(x)
     index.nprobe = min(nprobe, lists)
@@ -139,8 +140,9 @@ def decide(
     first = np.r_[True, root[order][1:] != root[order][:-1]]
     keeper[order] = order[first][np.cumsum(first) - 1]
     kept = keeper == np.arange(n)
-    x = np.asarray(vectors, dtype=np.float32)
-    similarity = np.einsum("nd,nd->n", x, x[keeper]).astype(np.float32)
+    x, dropped = np.asarray(vectors, dtype=np.float32), np.flatnonzero(~kept)
+    similarity = np.zeros(n, dtype=np.float32)
+    similarity[dropped] = np.einsum("nd,nd->n", x[dropped], x[keeper[dropped]])
     table = pa.table(
         {
             "run_id": run_ids,
