@@ -195,7 +195,8 @@ def dedup_catalog(
         raise DedupError(f"--cosine must be in (0, 1], got {cosine}")
     if not by.replace("_", "").isalnum():
         raise DedupError(f"--by must be a column name, got {by!r}")
-    condition = f"kept AND ({where})" if where else "kept"
+    # kept_final: a reviewer's decision where there is one, else the policy's (catalog.labels)
+    condition = f"kept_final AND ({where})" if where else "kept_final"
     try:
         rows = query(
             root,
