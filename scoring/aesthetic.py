@@ -11,9 +11,7 @@ same layout and other widths (the bundled ``shapes-aesthetic``) load the same wa
 
 from __future__ import annotations
 
-import pickle
 import re
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -21,17 +19,13 @@ import torch
 from pydantic import AfterValidator, Field
 from torch import nn
 
-from winnow.models.errors import ModelNotFoundError, WinnowError, first_line
-from winnow.models.sources import check_file_ref, resolve_file
+from winnow.models.sources import check_file_ref
 from winnow.scoring.base import ScorerParams, register
 from winnow.scoring.clip import ClipRef, load_clip
 from winnow.scoring.head import HeadScorer
+from winnow.scoring.head_file import HeadCache, HeadFormatError, read_state_dict
 
 _KEY = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
-
-
-class HeadFormatError(WinnowError):
-    """A head file that is not a safe, LAION-layout state dict."""
 
 
 class AestheticHead(nn.Module):
@@ -91,49 +85,14 @@ class AestheticHead(nn.Module):
 
     @classmethod
     def from_file(cls, path: str | Path) -> AestheticHead:
-        """Load a head from ``.safetensors`` or a PyTorch state dict (``.pth``/``.pt``/``.bin``).
-
-        Pickle files are read with ``torch.load(weights_only=True)``, which refuses anything but
-        tensors and plain containers, so a malicious file cannot run code.
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise ModelNotFoundError(f"aesthetic head {str(path)!r} does not exist")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as err:
-            raise HeadFormatError(
-                f"aesthetic head {str(path)!r} is not a safe tensor file "
-                f"({type(err).__name__}: {first_line(err, limit=200)})"
-            ) from None
-        if not isinstance(state, dict):
-            raise HeadFormatError(f"aesthetic head {str(path)!r} holds no state dict")
+        """Load a head from ``.safetensors`` or a PyTorch state dict (``.pth``/``.pt``/``.bin``),
+        safely (``winnow.scoring.head_file.read_state_dict``)."""
+        state = read_state_dict(path, "aesthetic head")
         return cls.from_state_dict(state, source=f"aesthetic head {str(path)!r}")
 
 
-_HEADS: dict[tuple[Path, str], AestheticHead] = {}
-_LOCK = threading.Lock()
-
-
-def head_path(ref: str) -> Path:
-    """The local file of a head reference (``winnow.models.sources.resolve_file``: a local
-    file, ``bundled:NAME``, ``hf://org/name[@revision]/FILE`` or ``https://...#sha256=HEX``),
-    downloaded into the cache on first use."""
-    return resolve_file(ref, "aesthetic head").path
-
-
-def load_head(ref: str, device: torch.device | str) -> AestheticHead:
-    """The head for ``ref`` on ``device``, loaded once per process (thread-safe)."""
-    key = (head_path(ref).resolve(), str(torch.device(device)))
-    with _LOCK:
-        if key not in _HEADS:
-            _HEADS[key] = AestheticHead.from_file(key[0]).to(device)
-        return _HEADS[key]
+HEADS = HeadCache("aesthetic head", AestheticHead.from_file)
+load_head = HEADS.get  # the head for a reference on a device, loaded once per process
 
 
 class AestheticParams(ScorerParams):

@@ -1,5 +1,5 @@
 """Reading a model head (a small network on CLIP image embeddings, ``winnow.scoring.head``)
-from one weights file, and keeping each loaded head once per process (used by ``nsfw``).
+from one weights file, and keeping each loaded head once per process (used by ``aesthetic`` and ``nsfw``).
 
 Files are ``.safetensors`` or PyTorch state dicts (``.pth``/``.pt``/``.bin``); the latter are
 read with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain
