@@ -1,6 +1,7 @@
 """Reading a model head (a small network on CLIP image embeddings, ``winnow.scoring.head``)
 from one weights file, and keeping each loaded head once per process (used by ``aesthetic`` and ``nsfw``).
 
+``read_state_dict`` also reads the HPS and ImageReward checkpoints (``winnow.scoring.hpsv2``).
 Files are ``.safetensors`` or PyTorch state dicts (``.pth``/``.pt``/``.bin``); the latter are
 read with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain
 containers, so a malicious file cannot run code.
@@ -12,7 +13,7 @@ import pickle
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -27,8 +28,12 @@ class HeadFormatError(WinnowError):
     """A head file that is not a safe state dict of the expected layout."""
 
 
-def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """The tensors of the head file at ``path``; ``what`` names it in the one-line errors."""
+def read_state_dict(
+    path: str | Path, what: str, error: type[WinnowError] = HeadFormatError, nested: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of the weights file at ``path``; ``what`` names it in the one-line errors,
+    raised as ``error``. With ``nested``, a pickle holding ``{nested: {...}}`` (HPS's
+    ``{"state_dict": ...}``) yields that inner dict."""
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"{what} {str(path)!r} does not exist")
@@ -36,15 +41,17 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
+            state: Any = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as err:
-        raise HeadFormatError(
+        raise error(
             f"{what} {str(path)!r} is not a safe tensor file ({type(err).__name__}: {first_line(err)[:200]})"
         ) from None
+    if nested is not None and isinstance(state, dict) and isinstance(state.get(nested), dict):
+        state = state[nested]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise HeadFormatError(f"{what} {str(path)!r} holds no state dict of tensors")
+        raise error(f"{what} {str(path)!r} holds no state dict of tensors")
     return state
 
 

@@ -18,17 +18,17 @@ model runs in bfloat16 (the authors use automatic mixed precision); features are
 from __future__ import annotations
 
 import logging
-import pickle
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from pydantic import AfterValidator, Field, field_validator
 
-from winnow.models.errors import ModelNotFoundError, WinnowError, first_line
+from winnow.models.errors import ModelNotFoundError, WinnowError
 from winnow.models.sources import check_file_ref, resolve_file
+from winnow.scoring import head_file
 from winnow.scoring.base import Candidates, Scorer, ScorerParams, register
 from winnow.scoring.clip import CHUNK, ClipSpec, LoadedClip, builtin_architectures, preprocess
 
@@ -97,23 +97,7 @@ def clear_cache() -> None:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint: a ``.safetensors`` file, or a pickle read with
     ``weights_only=True`` holding ``{"state_dict": {...}}`` (HPS's layout) or the dict itself."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as err:
-        raise CheckpointFormatError(
-            f"HPS checkpoint {str(path)!r} is not a safe tensor file "
-            f"({type(err).__name__}: {first_line(err)[:200]})"
-        ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointFormatError(f"HPS checkpoint {str(path)!r} holds no state dict of tensors")
-    return state
+    return head_file.read_state_dict(path, "HPS checkpoint", CheckpointFormatError, nested="state_dict")
 
 
 def check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
