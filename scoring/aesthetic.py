@@ -21,7 +21,7 @@ from torch import nn
 
 from winnow.models.sources import check_file_ref
 from winnow.scoring.base import ScorerParams, register
-from winnow.scoring.clip import ClipRef, load_clip
+from winnow.scoring.clip import ClipRef
 from winnow.scoring.head import HeadScorer
 from winnow.scoring.head_file import HeadCache, HeadFormatError, read_state_dict
 
@@ -116,21 +116,4 @@ class AestheticScorer(HeadScorer):
     name = "aesthetic"
     Params = AestheticParams
     params: AestheticParams
-
-    def setup(self) -> None:
-        """Load CLIP and head; fail early if the head does not fit the CLIP's embedding width."""
-        clip = load_clip(self.params.clip, self.device)
-        head = load_head(self.params.head, self.device)
-        if head.in_features != clip.embed_dim:
-            raise HeadFormatError(
-                f"aesthetic head {self.params.head!r} takes {head.in_features}-d embeddings but "
-                f"CLIP {self.params.clip.model!r} gives {clip.embed_dim}-d; use the CLIP the head "
-                "was trained on (ViT-L-14 / openai for the LAION head)"
-            )
-
-    def score_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(n, d) L2-normalised embeddings -> (n,) float32 CPU scores on the head's scale."""
-        self.setup()  # cached after the first call; also validates the widths
-        head = load_head(self.params.head, self.device)
-        with torch.inference_mode():
-            return head(embeddings.to(next(head.parameters()).device)).float().cpu()
+    heads = HEADS

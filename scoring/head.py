@@ -7,33 +7,52 @@ Because that is all it needs, ``winnow rescore`` can run it later on the embeddi
 stored (``winnow.catalog.embeddings``), with no image and no regeneration: a head added to the
 config after a run still scores that run's rows.
 
-To add one: subclass ``HeadScorer``, give its ``Params`` a ``clip`` field (a ``ClipRef``), load
-the head in ``setup`` and implement ``score_embeddings``.
+To add one: subclass ``HeadScorer``, give its ``Params`` a ``clip`` field (a ``ClipRef``) and a
+``head`` field (a file reference), and set ``heads`` to a ``HeadCache`` that builds the head's
+``nn.Module`` (with an ``in_features`` property: the embedding width it takes).
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
 from winnow.scoring.base import REGISTRY, Candidates, Scorer, ScorerParams
-from winnow.scoring.clip import ClipSpec, image_embeddings
+from winnow.scoring.clip import ClipSpec, image_embeddings, load_clip
+from winnow.scoring.head_file import HeadCache, HeadFormatError
 
 
 class HeadScorer(Scorer):
     """A scorer that is a function of the L2-normalised CLIP image embedding alone."""
+
+    heads: ClassVar[HeadCache[Any]]  # the scorer's heads, by file reference and device
 
     @property
     def clip(self) -> ClipSpec:
         """The CLIP whose image embedding the head reads (its ``Params.clip``)."""
         return self.params.clip  # type: ignore[attr-defined]
 
-    @abstractmethod
+    def setup(self) -> None:
+        """Load CLIP and head; fail early if the head does not fit the CLIP's embedding width."""
+        clip = load_clip(self.clip, self.device)
+        ref = self.params.head  # type: ignore[attr-defined]
+        head = self.heads.get(ref, self.device)
+        if head.in_features != clip.embed_dim:
+            raise HeadFormatError(
+                f"{self.heads.what} {ref!r} takes {head.in_features}-d embeddings but CLIP "
+                f"{self.clip.model!r} gives {clip.embed_dim}-d; use the CLIP the head was trained "
+                "on (ViT-L-14 / openai for the LAION head)"
+            )
+
     def score_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(n, d) float32 L2-normalised image embeddings of ``clip`` -> (n,) float32 CPU
-        scores on the scorer's scale, higher is better. Loads the head if needed."""
+        scores on the scorer's scale. Loads the head if needed."""
+        self.setup()  # cached after the first call; also validates the widths
+        head = self.heads.get(self.params.head, self.device)  # type: ignore[attr-defined]
+        with torch.inference_mode():
+            return head(embeddings.to(next(head.parameters()).device)).float().cpu()
 
     def score(self, batch: Candidates) -> torch.Tensor:
         """The batch's scores, from its shared image embedding."""

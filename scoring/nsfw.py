@@ -27,7 +27,7 @@ from torch import nn
 
 from winnow.models.sources import check_file_ref
 from winnow.scoring.base import ScorerParams, register
-from winnow.scoring.clip import ClipRef, load_clip
+from winnow.scoring.clip import ClipRef
 from winnow.scoring.head import HeadScorer
 from winnow.scoring.head_file import HeadCache, HeadFormatError, read_state_dict
 
@@ -105,7 +105,7 @@ class NSFWHead(nn.Module):
     @classmethod
     def from_file(cls, path: str | Path) -> NSFWHead:
         """Load a head from ``.safetensors`` or a PyTorch state dict (``.pth``/``.pt``/``.bin``),
-        safely (see ``winnow.scoring.heads``)."""
+        safely (``winnow.scoring.head_file.read_state_dict``)."""
         what = f"nsfw head {str(path)!r}"
         return cls.from_state_dict(read_state_dict(path, "nsfw head"), source=what)
 
@@ -136,21 +136,4 @@ class NSFWScorer(HeadScorer):
     Params = NSFWParams
     default_weight = 0.0  # higher is worse: a ceiling gates on it, it ranks nothing unless weighted
     params: NSFWParams
-
-    def setup(self) -> None:
-        """Load CLIP and head; fail early if the head does not fit the CLIP's embedding width."""
-        clip = load_clip(self.params.clip, self.device)
-        head = HEADS.get(self.params.head, self.device)
-        if head.in_features != clip.embed_dim:
-            raise HeadFormatError(
-                f"nsfw head {self.params.head!r} takes {head.in_features}-d embeddings but CLIP "
-                f"{self.params.clip.model!r} gives {clip.embed_dim}-d; use the CLIP the head was "
-                "trained on (ViT-L-14 / openai for the LAION head)"
-            )
-
-    def score_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(n, d) L2-normalised embeddings -> (n,) float32 CPU probabilities, 1 = NSFW."""
-        self.setup()  # cached after the first call; also validates the widths
-        head = HEADS.get(self.params.head, self.device)
-        with torch.inference_mode():
-            return head(embeddings.to(head.linear_1.weight.device)).float().cpu()
+    heads = HEADS
