@@ -417,13 +417,18 @@ def text_embeddings(batch: Candidates, spec: ClipSpec, device: torch.device | st
     """
 
     def compute() -> torch.Tensor:
-        unique = list(dict.fromkeys(batch.prompts))
-        index = {p: i for i, p in enumerate(unique)}
-        embs = encode_texts(unique, spec, device)
-        rows = torch.tensor([index[p] for p in batch.prompts], dtype=torch.long)
-        return embs[rows.to(embs.device)]
+        return per_prompt(batch.prompts, lambda texts: encode_texts(texts, spec, device))
 
     return batch.memo(("clip_text", spec), compute)
+
+
+def per_prompt(prompts: list[str], encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+    """``encode``'s (n, d) rows for ``prompts``, each distinct prompt encoded once (a batch
+    usually holds N candidates per prompt)."""
+    unique = list(dict.fromkeys(prompts))
+    index = {p: i for i, p in enumerate(unique)}
+    embs = encode(unique)
+    return embs[torch.tensor([index[p] for p in prompts], dtype=torch.long, device=embs.device)]
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from winnow.models.errors import ModelNotFoundError, WinnowError
 from winnow.models.sources import check_file_ref, resolve_file
 from winnow.scoring import head_file
 from winnow.scoring.base import Candidates, Scorer, ScorerParams, register
-from winnow.scoring.clip import CHUNK, ClipSpec, LoadedClip, builtin_architectures, preprocess
+from winnow.scoring.clip import CHUNK, ClipSpec, LoadedClip, builtin_architectures, per_prompt, preprocess
 
 PUBLISHED = "hf://xswu/HPSv2/HPS_v2.1_compressed.pt"
 
@@ -200,7 +200,5 @@ class HpsV2Scorer(Scorer):
         hps = load_hpsv2(self.params, self.device)
         key = ("hpsv2_image", self.params.model, self.params.checkpoint)
         images = batch.memo(key, lambda: encode_images(batch.images, hps))
-        index = {p: i for i, p in enumerate(dict.fromkeys(batch.prompts))}
-        texts = encode_texts(list(index), hps)
-        rows = torch.tensor([index[p] for p in batch.prompts], dtype=torch.long, device=texts.device)
-        return (images * texts[rows]).sum(dim=-1).clamp(-1.0, 1.0).float().cpu()
+        texts = per_prompt(batch.prompts, lambda unique: encode_texts(unique, hps))
+        return (images * texts).sum(dim=-1).clamp(-1.0, 1.0).float().cpu()

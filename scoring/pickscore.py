@@ -27,6 +27,7 @@ from pydantic import Field
 from winnow.models.errors import WinnowError, first_line
 from winnow.models.sources import resolve
 from winnow.scoring.base import Candidates, Scorer, ScorerParams, register
+from winnow.scoring.clip import per_prompt
 
 CHUNK = 64  # images/texts per forward pass: bounds activation memory for big N on a GPU
 # PIL resampling codes (what CLIPImageProcessor's ``resample`` holds) -> F.interpolate modes.
@@ -225,8 +226,6 @@ class PickScoreScorer(Scorer):
         reward = load_pickscore(self.params, self.device)
         key = ("pickscore_image", self.params.model, self.params.processor)
         images = batch.memo(key, lambda: encode_images(batch.images, reward))
-        index = {p: i for i, p in enumerate(dict.fromkeys(batch.prompts))}
-        texts = encode_texts(list(index), reward)
-        rows = torch.tensor([index[p] for p in batch.prompts], dtype=torch.long, device=texts.device)
+        texts = per_prompt(batch.prompts, lambda unique: encode_texts(unique, reward))
         scale = reward.model.logit_scale.detach().float().exp()
-        return (scale * (images * texts[rows]).sum(dim=-1)).float().cpu()
+        return (scale * (images * texts).sum(dim=-1)).float().cpu()
