@@ -38,16 +38,24 @@ import os
 import re
 import shutil
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from winnow.catalog.card import fields_of, run_infos, write_card
+from winnow.catalog.card import RunInfo, fields_of, run_infos, write_card
 from winnow.catalog.dedup import decisions_path
 from winnow.catalog.export_fields import parse_buckets, record, record_schema
 from winnow.catalog.export_formats import sample_name
 from winnow.catalog.export_formats import writer as make_writer
 from winnow.catalog.query import VIEW, CatalogError, query, score_columns
 from winnow.catalog.splits import TRAIN, parse_splits, split_of
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from winnow.catalog.export_formats import _Writer as Writer
 
 FORMATS: tuple[str, ...] = ("imagefolder", "webdataset", "parquet", "kohya", "pairs")
 CAPTION_EXTENSIONS = (".txt", ".caption")
@@ -137,9 +145,7 @@ def export(
     schema = record_schema(score_columns(list(rows[0])), bool(bucket_list))
 
     result = ExportResult(fmt, out)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    try:
-        tmp.mkdir(parents=True)
+    with staged(result) as tmp:
         writer = make_writer(fmt, tmp, schema, shard_size, shard_mb, f"{repeats}_{name}", caption_extension)
         exported: dict[str, list[dict]] = defaultdict(list)
         for split_name, split_rows in by_split.items():
@@ -149,32 +155,61 @@ def export(
                     writer.add(split_name, row, data, record(row, split_name, data, schema, bucket_list))
                     exported[split_name].append(row)
         writer.close()
-        counts = {s: (len(r), len({row["prompt_id"] for row in r})) for s, r in exported.items()}
-        per_run = Counter(row["run_id"] for r in exported.values() for row in r)
-        for run in runs:
-            run.exported = per_run[run.run_id]
-        write_card(
-            tmp,
-            out.name,
-            fmt,
-            counts,
-            {s: writer.data_files(s) for s in counts},
-            writer.card_features(schema),
-            fields_of(writer.fields(schema)),
-            [run for run in runs if run.exported],
-            spec,
-            split_seed,
-            caption_extension,
-        )
-        os.replace(tmp, out)  # out is absent or an empty folder
+        finish(result, tmp, writer, schema, exported, runs, spec, split_seed, caption_extension)
+    return result
+
+
+@contextmanager
+def staged(result: ExportResult) -> Iterator[Path]:
+    """A hidden folder beside ``result.out`` to write the export into: renamed to ``out`` (absent
+    or an empty folder) when the block ends, then ``result.files``/``bytes`` list what it holds;
+    removed if the block raises, so a failed export leaves nothing behind."""
+    out = result.out
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    result.splits = {s: n for s, (n, _) in counts.items()}
-    result.samples = sum(result.splits.values())
     result.files = sorted(p for p in out.rglob("*") if p.is_file())
     result.bytes = sum(p.stat().st_size for p in result.files)
-    return result
+
+
+def finish(
+    result: ExportResult,
+    tmp: Path,
+    writer: Writer,
+    schema: pa.Schema,
+    exported: dict[str, list[dict]],
+    runs: list[RunInfo],
+    spec: dict[str, float],
+    split_seed: int,
+    caption_extension: str = ".txt",
+) -> None:
+    """Write the dataset card into ``tmp`` (the ``staged`` folder) for the ``exported`` rows
+    (split -> one row per sample, with its ``run_id`` and ``prompt_id``) of ``runs``, whose
+    ``exported`` counts it sets, and the samples per split into ``result``."""
+    counts = {s: (len(r), len({row["prompt_id"] for row in r})) for s, r in exported.items()}
+    per_run = Counter(row["run_id"] for r in exported.values() for row in r)
+    for run in runs:
+        run.exported = per_run[run.run_id]
+    write_card(
+        tmp,
+        result.out.name,
+        result.format,
+        counts,
+        {s: writer.data_files(s) for s in counts},
+        writer.card_features(schema),
+        fields_of(writer.fields(schema)),
+        [run for run in runs if run.exported],
+        spec,
+        split_seed,
+        caption_extension,
+    )
+    result.splits = {s: n for s, (n, _) in counts.items()}
+    result.samples = sum(result.splits.values())
 
 
 def _select(root: Path, where: str | None, run_id: str | None, kept_only: bool, dedup: bool) -> list[dict]:

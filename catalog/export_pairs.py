@@ -26,16 +26,14 @@ without it no pair can be built, and the export says so.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-from collections import Counter, defaultdict
+from collections import defaultdict
 from itertools import groupby, product
 from pathlib import Path
 
 import pyarrow as pa
 
-from winnow.catalog.card import fields_of, run_infos, write_card
-from winnow.catalog.export import ExportResult, _read_checked
+from winnow.catalog.card import run_infos
+from winnow.catalog.export import ExportResult, _read_checked, finish, staged
 from winnow.catalog.export_formats import writer as make_writer
 from winnow.catalog.query import VIEW, CatalogError, query
 from winnow.catalog.splits import TRAIN, parse_splits, split_of
@@ -90,9 +88,7 @@ def export_pairs(
     runs = run_infos(root, rows)  # reads the manifests first: a broken one stops before any write
 
     result = ExportResult("pairs", out)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    try:
-        tmp.mkdir(parents=True)
+    with staged(result) as tmp:
         writer = make_writer("pairs", tmp, SCHEMA, 1, shard_mb, "", ".txt")
         by_split = defaultdict(list)
         for group in groups:
@@ -113,30 +109,7 @@ def export_pairs(
             raise CatalogError(
                 "no preference pair could be exported: every pair has a missing or changed image"
             )
-        counts = {s: (len(r), len({row["prompt_id"] for row in r})) for s, r in exported.items()}
-        per_run = Counter(row["run_id"] for r in exported.values() for row in r)
-        for run in runs:
-            run.exported = per_run[run.run_id]
-        write_card(
-            tmp,
-            out.name,
-            "pairs",
-            counts,
-            {s: writer.data_files(s) for s in counts},
-            writer.card_features(SCHEMA),
-            fields_of(SCHEMA),
-            [run for run in runs if run.exported],
-            spec,
-            split_seed,
-        )
-        os.replace(tmp, out)  # out is absent or an empty folder
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    result.splits = {s: n for s, (n, _) in counts.items()}
-    result.samples = sum(result.splits.values())
-    result.files = sorted(p for p in out.rglob("*") if p.is_file())
-    result.bytes = sum(p.stat().st_size for p in result.files)
+        finish(result, tmp, writer, SCHEMA, exported, runs, spec, split_seed)
     return result
 
 
