@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from tests.pickle_payload import Payload
 from winnow.models.errors import ModelNotFoundError
 from winnow.models.sources import BUNDLED
 from winnow.scoring.aesthetic import AestheticHead, AestheticScorer, HeadFormatError
@@ -53,19 +54,9 @@ def test_published_laion_head_matches_reference_mlp() -> None:
     np.testing.assert_allclose(got, reference_mlp(state, x), atol=1e-4, rtol=0)
 
 
-class _Payload:
-    """Unpickling this would create ``marker`` (stands in for arbitrary code execution)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str, str]]:
-        return (open, (str(self.marker), "w"))
-
-
 def test_refuses_pickles_with_arbitrary_objects(tmp_path: Path) -> None:
     marker, evil = tmp_path / "pwned", tmp_path / "evil.pth"
-    state = {"layers.0.weight": torch.zeros(1, 4), "layers.0.bias": _Payload(marker)}
+    state = {"layers.0.weight": torch.zeros(1, 4), "layers.0.bias": Payload(marker)}
     torch.save(state, evil)
     with pytest.raises(HeadFormatError, match="not a safe tensor file") as err:
         AestheticHead.from_file(evil)

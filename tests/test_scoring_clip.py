@@ -14,6 +14,7 @@ from open_clip.transform import PreprocessCfg, center_crop_or_pad, image_transfo
 from pydantic import ValidationError
 
 import winnow.scoring.clip as clip_module
+from tests.pickle_payload import Payload
 from winnow.models.errors import ModelNotFoundError
 from winnow.models.sources import BUNDLED
 from winnow.scoring.base import Candidates
@@ -151,19 +152,9 @@ def test_bad_config_and_mismatched_checkpoint_are_load_errors(tmp_path: Path, ti
     one_line(err)
 
 
-class _Payload:
-    """Unpickling this would create ``marker`` (stands in for arbitrary code execution)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str, str]]:
-        return (open, (str(self.marker), "w"))
-
-
 def test_pickle_checkpoint_cannot_run_code(tmp_path: Path, tiny_clip: ClipSpec) -> None:
     marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
-    torch.save({"state_dict": _Payload(marker)}, evil)
+    torch.save({"state_dict": Payload(marker)}, evil)
     with pytest.raises(ClipLoadError) as err:
         load_clip(ClipSpec(model=tiny_clip.model, pretrained=str(evil)), CPU)
     one_line(err)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.pickle_payload import Payload
 from winnow.models.errors import ModelNotFoundError
 from winnow.pipeline.config import Scoring
 from winnow.scoring.base import Candidates
@@ -117,19 +118,9 @@ def test_checkpoint_that_does_not_fit_is_one_line_naming_the_key(tiny, tmp_path:
     assert "\n" not in str(err.value)
 
 
-class _Payload:
-    """Unpickling this would create ``marker`` (stands in for arbitrary code execution)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str, str]]:
-        return (open, (str(self.marker), "w"))
-
-
 def test_checkpoint_with_objects_is_refused_unopened(tiny, tmp_path: Path) -> None:
     marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
-    torch.save({"state_dict": {"visual.proj": _Payload(marker)}}, evil)
+    torch.save({"state_dict": {"visual.proj": Payload(marker)}}, evil)
     with pytest.raises(CheckpointFormatError, match="not a safe tensor file") as err:
         scorer(tiny[0], evil).setup()
     assert "\n" not in str(err.value) and not marker.exists()

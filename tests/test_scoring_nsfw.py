@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.ci import unavailable
+from tests.pickle_payload import Payload
 from winnow.models.errors import ModelNotFoundError
 from winnow.scoring.aesthetic import AestheticScorer
 from winnow.scoring.base import REGISTRY, Candidates
@@ -83,19 +84,9 @@ def test_published_head_computes_what_the_reference_module_computes(published: P
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
-class _Payload:
-    """Unpickling this would create ``marker`` (stands in for arbitrary code execution)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str, str]]:
-        return (open, (str(self.marker), "w"))
-
-
 def test_refuses_pickles_with_arbitrary_objects(tmp_path: Path) -> None:
     marker, evil = tmp_path / "pwned", tmp_path / "evil.pth"
-    torch.save({**tiny_state(8), "norm.count": _Payload(marker)}, evil)
+    torch.save({**tiny_state(8), "norm.count": Payload(marker)}, evil)
     with pytest.raises(HeadFormatError, match="not a safe tensor file") as err:
         NSFWHead.from_file(evil)
     assert "\n" not in str(err.value)
