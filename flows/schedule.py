@@ -10,10 +10,20 @@ Each scheduled run gets its own run id, ``<scheduled start, UTC>-<flow run id[-8
 retry of the same flow run keeps its id, so it resumes instead of starting over. At most one
 run of a deployment runs at a time (a run that comes due meanwhile waits), so every run
 sees the catalog rows of the runs before it and picks new prompts.
+
+Under ``winnow serve`` each flow run runs in a process of its own, started by serve's Prefect
+runner; that process leaves serve's process group, so a terminal's Ctrl-C reaches serve alone.
+Serve then stops as Prefect's runner stops at SIGTERM: it sends each running flow run one
+SIGTERM (its shards stop cleanly, as under ``winnow run``), waits for it to end, marks it
+cancelled, pauses the schedule (the next ``winnow serve`` resumes it) and exits. A signal to a
+flow run's process alone ends that flow run as crashed; serve keeps serving.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -35,6 +45,8 @@ FLOW_NAME = "curate-scheduled"
 @flow(name=FLOW_NAME, log_prints=False)
 def scheduled_curate(config: str, overrides: dict[str, Any] | None = None) -> RunSummary:
     """One scheduled run of ``config`` (a YAML path; ``overrides``: dotted key -> value)."""
+    if multiprocessing.parent_process() is not None and os.getpgrp() != os.getpid():
+        os.setpgrp()  # a process of serve's runner: see the module docstring
     overrides = dict(overrides or {})
     check_schedulable(load_config(config, overrides), config, overrides)
     cfg = load_config(config, {**overrides, "run.run_id": scheduled_run_id()})
@@ -45,6 +57,22 @@ def scheduled_curate(config: str, overrides: dict[str, Any] | None = None) -> Ru
         except Exception as err:  # the catalog is complete: the run succeeded
             get_run_logger().warning(f"the contact sheet was not written: {first_line(err)}")
     return summary
+
+
+def serve(deployment: RunnerDeployment) -> None:
+    """Serve ``deployment`` until Ctrl-C, SIGTERM or SIGHUP; each stops it gracefully (see the
+    module docstring; Prefect's runner does so only at SIGTERM)."""
+    import prefect
+
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _stop_serving)
+    prefect.serve(deployment, print_starting_message=False)
+
+
+def _stop_serving(signum: int, frame: object) -> None:
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the runner has not started: nothing runs
+        raise KeyboardInterrupt
+    signal.raise_signal(signal.SIGTERM)  # the runner's handler: it cancels the running flow runs
 
 
 def scheduled_run_id() -> str:

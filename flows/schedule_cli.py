@@ -29,10 +29,9 @@ def serve_command(
     Needs a Prefect server (its scheduler creates the runs): `prefect server start`, then
     PREFECT_API_URL=http://127.0.0.1:4200/api. The deployment shows in the Prefect UI.
     """
-    from prefect import serve
     from prefect.settings import PREFECT_API_URL
 
-    from winnow.flows.schedule import FLOW_NAME, build_deployment
+    from winnow.flows.schedule import FLOW_NAME, build_deployment, serve
     from winnow.pipeline.config import ConfigError, load_config
     from winnow.pipeline.prompt_source import describe
 
@@ -47,7 +46,7 @@ def serve_command(
     full = f"{FLOW_NAME}/{deployment.name}"
     err_console.print(f"serving [bold]{full}[/] on cron {cron!r} ({timezone}); prompts: {source}")
     err_console.print(f"run one now: prefect deployment run '{full}'. Ctrl-C stops serving.", highlight=False)
-    serve(deployment, print_starting_message=False)
+    serve(deployment)
 
 
 def deploy_command(
