@@ -36,20 +36,24 @@ class HeadScorer(Scorer):
 
     def setup(self) -> None:
         """Load CLIP and head; fail early if the head does not fit the CLIP's embedding width."""
-        clip = load_clip(self.clip, self.device)
+        self.check_width(load_clip(self.clip, self.device).embed_dim)
+
+    def check_width(self, width: int) -> None:
+        """Load the head alone and fail if it does not take ``width``-d embeddings of ``clip``
+        (``winnow rescore`` passes its stored embeddings' width and loads no CLIP)."""
         ref = self.params.head  # type: ignore[attr-defined]
         head = self.heads.get(ref, self.device)
-        if head.in_features != clip.embed_dim:
+        if head.in_features != width:
             raise HeadFormatError(
                 f"{self.heads.what} {ref!r} takes {head.in_features}-d embeddings but CLIP "
-                f"{self.clip.model!r} gives {clip.embed_dim}-d; use the CLIP the head was trained "
+                f"{self.clip.model!r} gives {width}-d; use the CLIP the head was trained "
                 "on (ViT-L-14 / openai for the LAION head)"
             )
 
     def score_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(n, d) float32 L2-normalised image embeddings of ``clip`` -> (n,) float32 CPU
-        scores on the scorer's scale. Loads the head if needed."""
-        self.setup()  # cached after the first call; also validates the widths
+        scores on the scorer's scale. Loads the head if needed (cached), checking its width."""
+        self.check_width(embeddings.shape[1])
         head = self.heads.get(self.params.head, self.device)  # type: ignore[attr-defined]
         with torch.inference_mode():
             return head(embeddings.to(next(head.parameters()).device)).float().cpu()

@@ -113,3 +113,18 @@ def test_rescore_needs_a_head_scorer_and_stored_embeddings(make_config) -> None:
         rescore(config.run.out, "clip_score", config.scorers["clip_score"])
     (outcome,) = rescore(config.run.out, "aesthetic", config.scorers["aesthetic"])
     assert outcome.skipped == "no stored embeddings"
+
+
+def test_rescore_loads_the_head_alone(make_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(make_config(PROMPTS))
+    rows = run(config)
+
+    def no_clip(*args: object) -> None:
+        raise AssertionError("rescore loaded a CLIP model")
+
+    monkeypatch.setattr("winnow.scoring.head.load_clip", no_clip)
+    monkeypatch.setattr("winnow.scoring.clip.load_clip", no_clip)
+    for part in (Path(config.run.out) / "runs" / "run").glob("*.parquet"):
+        pq.write_table(pq.read_table(part).drop_columns(["score_aesthetic"]), part)
+    (outcome,) = rescore(config.run.out, "aesthetic", config.scorers["aesthetic"])
+    assert (outcome.rows, outcome.skipped) == (len(rows), None)
