@@ -1,6 +1,6 @@
 """Remove temporary files that a killed writer left behind.
 
-The writer (``winnow.catalog.writer``) writes ``.<name>.<pid>.tmp`` beside the final file and
+The writer (``winnow.catalog.writer``) writes ``.<name>.<pid>.<thread id>.tmp`` beside the final file and
 renames it; a process killed in between (SIGKILL, power loss) leaves the temp file. Readers
 never see it (it is a dot-file not ending in ``.parquet``), and a resumed run writes its own
 temp names, so a leftover is only clutter. This removes the ones whose writer process no
@@ -13,7 +13,8 @@ import os
 import re
 from pathlib import Path
 
-_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")
+# .<name>.<pid>.<thread id>.tmp, or .<name>.<pid>.tmp as written before thread ids were added
+_TEMP = re.compile(r"^\..+?\.(\d+)(?:\.\d+)?\.tmp$")
 
 
 def _alive(pid: int) -> bool:

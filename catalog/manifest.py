@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 2  # 2: added ``embedding``
 FILENAME = "_manifest.json"
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")  # as RunConfig.run_id: a plain folder name
-_WRITE_LOCK = threading.Lock()  # threads of one process share the writer's temp-file name
+_WRITE_LOCK = threading.Lock()  # check-then-write: a process's first writer wins, the rest read it
 
 
 class ManifestError(WinnowError):

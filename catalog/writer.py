@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a hidden temporary file in the same folder and a rename,
     so readers see the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Process and thread id: threads of one process writing the same path each have their own.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_native_id()}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)

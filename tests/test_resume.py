@@ -28,6 +28,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -208,10 +209,12 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    stale = tmp_path / f".shard-00001.parquet.{int(dead.stdout)}.tmp"
-    live = tmp_path / f".shard-00002.parquet.{os.getpid()}.tmp"  # a running writer's: kept
+    pid = int(dead.stdout)
+    stale = tmp_path / f".shard-00001.parquet.{pid}.{threading.get_native_id()}.tmp"
+    old_style = tmp_path / f".shard-00003.parquet.{pid}.tmp"  # written before thread ids
+    live = tmp_path / f".shard-00002.parquet.{os.getpid()}.{threading.get_native_id()}.tmp"  # kept
     other = tmp_path / ".notes.tmp"
-    for path in (stale, live, other):
+    for path in (stale, old_style, live, other):
         path.write_bytes(b"x")
-    assert remove_stale_temps(tmp_path, tmp_path / "missing") == [stale]
-    assert not stale.exists() and live.exists() and other.exists()
+    assert sorted(remove_stale_temps(tmp_path, tmp_path / "missing")) == [stale, old_style]
+    assert not stale.exists() and not old_style.exists() and live.exists() and other.exists()
