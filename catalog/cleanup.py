@@ -13,6 +13,8 @@ import os
 import re
 from pathlib import Path
 
+from winnow.catalog.embeddings import FOLDER
+
 # .<name>.<pid>.<thread id>.tmp, or .<name>.<pid>.tmp as written before thread ids were added
 _TEMP = re.compile(r"^\..+?\.(\d+)(?:\.\d+)?\.tmp$")
 
@@ -41,3 +43,10 @@ def remove_stale_temps(*folders: str | Path) -> list[Path]:
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
+
+
+def remove_run_temps(root: str | Path, run_id: str) -> list[Path]:
+    """Delete the stale writer temp files of run ``run_id`` at catalog ``root`` (its parts',
+    stored embeddings' and images' folders); return them. Called as a run starts."""
+    runs = Path(root) / "runs" / run_id
+    return remove_stale_temps(runs, runs / FOLDER, Path(root) / "images" / run_id)

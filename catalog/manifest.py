@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from winnow.catalog.cleanup import remove_run_temps
 from winnow.catalog.schema import VERSIONS
 from winnow.catalog.writer import atomic_write
 from winnow.models.errors import WinnowError
@@ -152,8 +153,11 @@ def write_manifest(root: str | Path, manifest: Manifest) -> Manifest:
     source and config hash), else it is a ``ManifestError``: the run id was reused for other
     settings. Writers are serialised within a process; writers in several processes that all
     find none each rename a whole file into place (the last one's ``created_at`` stays).
+    Every run (flow or ``winnow score``) writes it before any part, so this is also where the
+    temp files of a killed earlier attempt are removed (``winnow.catalog.cleanup``).
     """
     path = manifest_path(root, manifest.run_id)
+    remove_run_temps(root, manifest.run_id)  # left by a killed earlier attempt of this run
     with _WRITE_LOCK:
         existing = find_manifest(root, manifest.run_id)
         if existing is None:

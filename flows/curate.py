@@ -20,7 +20,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from winnow.catalog.cleanup import remove_stale_temps
 from winnow.catalog.manifest import generated_manifest, write_manifest
 from winnow.catalog.report import write_report
 from winnow.catalog.summary import read_run, score_table
@@ -111,8 +110,8 @@ def _curate(config: Config) -> RunSummary:
     run_id = config.run.run_id or default_run_id(config, prompts)
     plans = plan_shards(run_id, prompts, config.run.shard_size)
     root = Path(config.run.out)
-    remove_stale_temps(root / "runs" / run_id, root / "images" / run_id)  # left by a killed run
-    write_manifest(root, generated_manifest(config, run_id, len(prompts)))  # before any part
+    # Before any part; also removes temp files a killed earlier attempt left.
+    write_manifest(root, generated_manifest(config, run_id, len(prompts)))
     progress.report(0, len(prompts) * config.rounds.min)
     shard_task = process_shard_task.with_options(retries=config.runner.retries)
     futures = shard_task.map(unmapped(config), plans)

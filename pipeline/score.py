@@ -39,7 +39,7 @@ def score_folder(
     manifest = external_manifest(
         job.run_id, settings, job.config_hash, folder, prompts_from, prompts, embedding_record(config)
     )
-    write_manifest(job.root, manifest)  # before any part
+    write_manifest(job.root, manifest)  # before any part; also removes a killed run's temp files
     results = [
         process_shard(job, plan) for plan in plan_shards(job.run_id, job.prompts, config.run.shard_size)
     ]

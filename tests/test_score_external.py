@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,8 +122,19 @@ def test_save_rejected_copies_every_image_and_a_lost_part_is_redone(make_config,
         assert (root / row.image_path).read_bytes() == source.read_bytes()
 
     (root / "runs" / "mine" / "shard-00001.parquet").unlink()
+    # A killed run's temp files (writer process gone) are removed, as the flow does.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = [
+        root / "runs" / "mine" / f".shard-00001.parquet.{int(dead.stdout)}.1.tmp",
+        root / "images" / "mine" / f".x.png.{int(dead.stdout)}.1.tmp",
+    ]
+    for path in stale:
+        path.write_bytes(b"x")
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "1/2 shards already done" in again.output
+    assert not any(path.exists() for path in stale)
     redone = read_catalog(root).sort_values("candidate_id", ignore_index=True)
     same = ["candidate_id", "shard_id", "kept", "rank", "image_path", "image_sha256"]
     pd.testing.assert_frame_equal(redone[same], rows[same])
