@@ -31,7 +31,8 @@ from pydantic import AfterValidator, Field
 from winnow.models.errors import WinnowError, first_line
 from winnow.models.sources import check_file_ref, resolve_file
 from winnow.scoring.base import Candidates, Scorer, ScorerParams, register
-from winnow.scoring.hpsv2 import check_keys, read_state_dict
+from winnow.scoring.head_file import read_state_dict
+from winnow.scoring.hpsv2 import CheckpointFormatError, check_keys
 
 CHUNK = 32  # images per forward pass (BLIP keeps 577 x 1024 image tokens per image)
 SIZE = 224
@@ -84,7 +85,7 @@ def load_imagereward(params: ImageRewardParams, device: torch.device | str) -> A
     key = (checkpoint, med_config, str(device))
     with _LOCK:
         if key not in _CACHE:
-            state = read_state_dict(checkpoint)
+            state = read_state_dict(checkpoint, "ImageReward checkpoint", CheckpointFormatError, "state_dict")
             try:
                 model = cls(med_config=str(med_config), device=str(device))
             except Exception as err:  # BLIP's tokenizer not cached offline, a bad med_config...

@@ -195,3 +195,9 @@ def test_checkpoint_that_does_not_fit_is_one_line(fake_package, published, edit,
     with pytest.raises(CheckpointFormatError, match=match) as err:
         scorer(published).setup()
     assert "\n" not in str(err.value)
+
+
+def test_checkpoint_that_is_not_a_state_dict_names_imagereward(fake_package, published) -> None:
+    torch.save([torch.zeros(1)], published[0])
+    with pytest.raises(CheckpointFormatError, match=r"^ImageReward checkpoint .* holds no state dict"):
+        scorer(published).setup()
