@@ -58,7 +58,7 @@ class RunInfo:
     run_id: str
     source: str
     candidates: int  # in the catalog, kept or not
-    kept: int
+    kept: int  # kept_final: a reviewer's decision where there is one, else the policy's
     exported: int  # samples of this run in the export
     manifest: Manifest | None
     generators: list[tuple[str, str | None]] = field(default_factory=list)  # (model ref, fingerprint)
@@ -74,7 +74,7 @@ def run_infos(root: Path, exported: Sequence[Mapping]) -> list[RunInfo]:
     listed = ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
     counted = query(
         root,
-        "SELECT run_id, count(*) AS candidates, sum(CASE WHEN kept THEN 1 ELSE 0 END) AS kept "
+        "SELECT run_id, count(*) AS candidates, sum(CASE WHEN kept_final THEN 1 ELSE 0 END) AS kept "
         f"FROM catalog WHERE run_id IN ({listed}) GROUP BY run_id",
     ).to_pylist()
     counts = {c["run_id"]: (c["candidates"], c["kept"]) for c in counted}

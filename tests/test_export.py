@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from winnow.catalog import export as export_module
 from winnow.catalog.card import model_license, size_category
 from winnow.catalog.export_fields import nearest_bucket, parse_buckets
+from winnow.catalog.labels import Decision, write_labels
 from winnow.catalog.manifest import generated_manifest, manifest_path, write_manifest
 from winnow.catalog.query import CatalogError, read_catalog
 from winnow.catalog.schema import COLUMNS
@@ -421,3 +422,15 @@ def test_a_catalog_with_external_images_keeps_exact_seeds_and_each_file_type(roo
     assert all(s["json"]["seed"] == seeds[(s["json"]["run_id"], s["json"]["candidate_id"])] for s in by_card)
     _, body = card(wds_out)
     assert "scored existing images: their license is their own" in body
+
+
+def test_card_counts_kept_final(root, tmp_path):
+    copy = tmp_path / "catalog"
+    shutil.copytree(root, copy)
+    rows = read_catalog(copy)
+    extra = rows[~rows["kept"]].head(2)  # a reviewer keeps two the policy rejected
+    decisions = [Decision(r.run_id, r.prompt_id, r.candidate_id, "keep") for r in extra.itertuples()]
+    write_labels(copy, decisions, "ann")
+    out = tmp_path / "card"
+    export(copy, out, "--format", "imagefolder")
+    assert "9 candidates, 5 kept (kept rate 55.6%)" in card(out)[1]
