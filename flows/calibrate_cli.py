@@ -7,20 +7,10 @@ import io
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
-from ruamel.yaml import YAML, YAMLError
-from ruamel.yaml.comments import CommentedMap
 
-from winnow.catalog.labels import latest
-from winnow.catalog.manifest import read_manifest
-from winnow.catalog.query import read_catalog
-from winnow.catalog.schema import score_column
-from winnow.catalog.writer import atomic_write
 from winnow.flows.console import make_console, one_line_errors
 from winnow.models.errors import first_line
-from winnow.scoring.calibrate import CalibrateError, agreement, choices, fit, holdout_mask, readable, wilson
-from winnow.scoring.select import Policy
 
 out_console = make_console()  # results on stdout
 MIN_PROMPTS = 5  # labelled prompts with a preference needed on each side of the split
@@ -28,6 +18,15 @@ MIN_PROMPTS = 5  # labelled prompts with a preference needed on each side of the
 
 def load(catalog: Path, run: str | None, holdout: float, seed: int):
     """(scorer names, the run's policy, train choices, held-out choices, prompts skipped)."""
+    import numpy as np  # here, not at module level: `winnow --help` stays fast (torch, pandas)
+
+    from winnow.catalog.labels import latest
+    from winnow.catalog.manifest import read_manifest
+    from winnow.catalog.query import read_catalog
+    from winnow.catalog.schema import score_column
+    from winnow.scoring.calibrate import CalibrateError, choices, holdout_mask
+    from winnow.scoring.select import Policy
+
     if latest(catalog) is None:
         raise CalibrateError(f"no labels in {catalog / 'labels'}: decide candidates with winnow review first")
     rows = read_catalog(catalog, run)
@@ -62,6 +61,12 @@ def load(catalog: Path, run: str | None, holdout: float, seed: int):
 
 def write_weights(config: Path, weights: dict[str, float]) -> None:
     """Set ``select.weights`` in the YAML ``config``, keeping its comments; written atomically."""
+    from ruamel.yaml import YAML, YAMLError
+    from ruamel.yaml.comments import CommentedMap
+
+    from winnow.catalog.writer import atomic_write
+    from winnow.scoring.calibrate import CalibrateError
+
     yaml = YAML()  # round trip: comments and key order survive
     try:
         data = yaml.load(config.read_text(encoding="utf-8"))
@@ -82,6 +87,8 @@ def write_weights(config: Path, weights: dict[str, float]) -> None:
 
 
 def _share(hits: int, n: int) -> str:
+    from winnow.scoring.calibrate import wilson
+
     low, high = wilson(hits, n)
     return f"{hits}/{n} = {hits / n:.0%} (95% Wilson {low:.0%}–{high:.0%})"
 
@@ -101,6 +108,10 @@ def calibrate_command(
     """Fit select.weights to the reviewer's decisions (winnow review): a conditional-logit fit
     over the policy's within-prompt normalised scores on a split of the labelled prompts;
     prints top-1 agreement with the reviewer on the held-out prompts before and after."""
+    import numpy as np
+
+    from winnow.scoring.calibrate import CalibrateError, agreement, fit, readable
+
     with one_line_errors():
         if write is not None and not write.is_file():
             raise CalibrateError(f"--write {write}: no such config file")

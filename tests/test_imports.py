@@ -5,6 +5,8 @@ counts as much as one at the top of a file."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -115,3 +117,11 @@ def test_the_check_sees_upward_imports(tmp_path):
         "winnow.scoring.fine imports winnow.models",
     ]
     assert used == set()  # its own package's errors module is no exception
+
+
+def test_cli_start_up_imports_no_heavy_library():
+    # `winnow --help` stays fast: commands import these inside, when they run.
+    heavy = ["torch", "diffusers", "prefect", "pandas", "fastapi", "duckdb"]
+    code = f"import sys, winnow.flows.cli; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.split() == []
