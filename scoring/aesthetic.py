@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
 
 import torch
-from pydantic import AfterValidator, Field
+from pydantic import Field
 from torch import nn
 
-from winnow.models.sources import check_file_ref
-from winnow.scoring.base import ScorerParams, register
-from winnow.scoring.clip import ClipRef
-from winnow.scoring.head import HeadScorer
+from winnow.scoring.base import register
+from winnow.scoring.head import FileRef, HeadParams, HeadScorer
 from winnow.scoring.head_file import HeadCache, HeadFormatError, read_state_dict
 
 _KEY = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
@@ -95,14 +92,10 @@ HEADS = HeadCache("aesthetic head", AestheticHead.from_file)
 load_head = HEADS.get  # the head for a reference on a device, loaded once per process
 
 
-class AestheticParams(ScorerParams):
+class AestheticParams(HeadParams):
     """The aesthetic scorer's settings."""
 
-    clip: ClipRef = Field(
-        description="the CLIP the head was trained on (ViT-L-14 / openai for LAION's head): "
-        "a name from the top-level clip section, or an inline {model, pretrained}"
-    )
-    head: Annotated[str, AfterValidator(check_file_ref)] = Field(
+    head: FileRef = Field(
         description="the head's weights: a local .pth/.safetensors file, bundled:shapes-aesthetic, "
         "hf://org/name[@revision]/FILE, or https://.../FILE#sha256=HEX"
     )

@@ -7,32 +7,51 @@ Because that is all it needs, ``winnow rescore`` can run it later on the embeddi
 stored (``winnow.catalog.embeddings``), with no image and no regeneration: a head added to the
 config after a run still scores that run's rows.
 
-To add one: subclass ``HeadScorer``, give its ``Params`` a ``clip`` field (a ``ClipRef``) and a
-``head`` field (a file reference), and set ``heads`` to a ``HeadCache`` that builds the head's
+To add one: subclass ``HeadScorer``, give it ``Params`` derived from ``HeadParams`` (the
+``clip`` and ``head`` settings), and set ``heads`` to a ``HeadCache`` that builds the head's
 ``nn.Module`` (with an ``in_features`` property: the embedding width it takes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
+from pydantic import AfterValidator, Field
 
+from winnow.models.sources import check_file_ref
 from winnow.scoring.base import REGISTRY, Candidates, Scorer, ScorerParams
-from winnow.scoring.clip import ClipSpec, image_embeddings, load_clip
+from winnow.scoring.clip import ClipRef, ClipSpec, image_embeddings, load_clip
 from winnow.scoring.head_file import HeadCache, HeadFormatError
+
+FileRef = Annotated[str, AfterValidator(check_file_ref)]  # a head file's reference (models.sources)
+
+
+class HeadParams(ScorerParams):
+    """A head scorer's settings: the CLIP whose image embedding it reads, and its weights."""
+
+    clip: ClipRef = Field(
+        description="the CLIP the head was trained on (ViT-L-14 / openai for LAION's heads): "
+        "a name from the top-level clip section, or an inline {model, pretrained}"
+    )
+    head: FileRef = Field(
+        description="the head's weights: a local .pth/.safetensors file, hf://org/name[@revision]/FILE, "
+        "or https://.../FILE#sha256=HEX"
+    )
 
 
 class HeadScorer(Scorer):
     """A scorer that is a function of the L2-normalised CLIP image embedding alone."""
 
+    Params: ClassVar[type[HeadParams]] = HeadParams
+    params: HeadParams
     heads: ClassVar[HeadCache[Any]]  # the scorer's heads, by file reference and device
 
     @property
     def clip(self) -> ClipSpec:
         """The CLIP whose image embedding the head reads (its ``Params.clip``)."""
-        return self.params.clip  # type: ignore[attr-defined]
+        return self.params.clip
 
     def setup(self) -> None:
         """Load CLIP and head; fail early if the head does not fit the CLIP's embedding width."""
@@ -41,7 +60,7 @@ class HeadScorer(Scorer):
     def check_width(self, width: int) -> None:
         """Load the head alone and fail if it does not take ``width``-d embeddings of ``clip``
         (``winnow rescore`` passes its stored embeddings' width and loads no CLIP)."""
-        ref = self.params.head  # type: ignore[attr-defined]
+        ref = self.params.head
         head = self.heads.get(ref, self.device)
         if head.in_features != width:
             raise HeadFormatError(
@@ -54,7 +73,7 @@ class HeadScorer(Scorer):
         """(n, d) float32 L2-normalised image embeddings of ``clip`` -> (n,) float32 CPU
         scores on the scorer's scale. Loads the head if needed (cached), checking its width."""
         self.check_width(embeddings.shape[1])
-        head = self.heads.get(self.params.head, self.device)  # type: ignore[attr-defined]
+        head = self.heads.get(self.params.head, self.device)
         with torch.inference_mode():
             return head(embeddings.to(next(head.parameters()).device)).float().cpu()
 

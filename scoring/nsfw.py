@@ -19,16 +19,13 @@ weight unless ``select.weights`` gives it one (a negative one prefers safer imag
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import torch
-from pydantic import AfterValidator, Field
+from pydantic import Field
 from torch import nn
 
-from winnow.models.sources import check_file_ref
-from winnow.scoring.base import ScorerParams, register
-from winnow.scoring.clip import ClipRef
-from winnow.scoring.head import HeadScorer
+from winnow.scoring.base import register
+from winnow.scoring.head import FileRef, HeadParams, HeadScorer
 from winnow.scoring.head_file import HeadCache, HeadFormatError, read_state_dict
 
 LINEARS = ("linear_1", "linear_2", "linear_3", "linear_4")
@@ -113,14 +110,10 @@ class NSFWHead(nn.Module):
 HEADS = HeadCache("nsfw head", NSFWHead.from_file)
 
 
-class NSFWParams(ScorerParams):
+class NSFWParams(HeadParams):
     """The nsfw scorer's settings."""
 
-    clip: ClipRef = Field(
-        description="the CLIP the head was trained on (ViT-L-14 / openai for LAION's head): "
-        "a name from the top-level clip section, or an inline {model, pretrained}"
-    )
-    head: Annotated[str, AfterValidator(check_file_ref)] = Field(
+    head: FileRef = Field(
         description="the head's weights: a local .pth/.safetensors file, hf://org/name[@revision]/FILE, "
         "or https://.../FILE#sha256=HEX (LAION's clip_ViT-L-14_openai_binary_nsfw_head.pth)"
     )
