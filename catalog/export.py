@@ -49,7 +49,7 @@ from winnow.catalog.dedup import decisions_path
 from winnow.catalog.export_fields import parse_buckets, record, record_schema
 from winnow.catalog.export_formats import sample_name
 from winnow.catalog.export_formats import writer as make_writer
-from winnow.catalog.query import VIEW, CatalogError, query, score_columns
+from winnow.catalog.query import CatalogError, rows_where, score_columns
 from winnow.catalog.splits import TRAIN, parse_splits, split_of
 
 if TYPE_CHECKING:
@@ -218,16 +218,11 @@ def _select(root: Path, where: str | None, run_id: str | None, kept_only: bool, 
     order, as Python values straight from Arrow (pandas would turn an int64 column with nulls,
     such as ``seed`` beside external images, into floats that lose digits)."""
     conditions = ["image_path IS NOT NULL"]
-    if where:
-        conditions.append(f"({where})")
     if kept_only:  # a reviewer's decision where there is one, else the policy's
         conditions.append("kept_final")
     if dedup:
         conditions.append("dedup_kept IS NOT FALSE")
-    if run_id:
-        conditions.append(f"run_id = '{run_id.replace(chr(39), chr(39) * 2)}'")
-    order = "ORDER BY run_id, shard_id, prompt_id, candidate_index"
-    return query(root, f"SELECT * FROM {VIEW} WHERE {' AND '.join(conditions)} {order}").to_pylist()
+    return rows_where(root, *conditions, where=where, run_id=run_id).to_pylist()
 
 
 def _read_checked(root: Path, row: dict, result: ExportResult) -> bytes | None:

@@ -35,7 +35,7 @@ import pyarrow as pa
 from winnow.catalog.card import run_infos
 from winnow.catalog.export import ExportResult, _read_checked, finish, staged
 from winnow.catalog.export_formats import writer as make_writer
-from winnow.catalog.query import VIEW, CatalogError, query
+from winnow.catalog.query import CatalogError, rows_where
 from winnow.catalog.splits import TRAIN, parse_splits, split_of
 
 SCHEMA = pa.schema(
@@ -116,15 +116,9 @@ def export_pairs(
 def _rows(root: Path, where: str | None, run_id: str | None, dedup: bool) -> list[dict]:
     """Every candidate (with an image file or not) matching the filters, grouped by run and
     prompt, best rank first."""
-    conditions = ["TRUE"]
-    if where:
-        conditions.append(f"({where})")
-    if dedup:
-        conditions.append("dedup_kept IS NOT FALSE")
-    if run_id:
-        conditions.append(f"run_id = '{run_id.replace(chr(39), chr(39) * 2)}'")
-    order = "ORDER BY run_id, prompt_id, rank, candidate_index"
-    return query(root, f"SELECT * FROM {VIEW} WHERE {' AND '.join(conditions)} {order}").to_pylist()
+    conditions = ["dedup_kept IS NOT FALSE"] if dedup else []
+    order = "run_id, prompt_id, rank, candidate_index"
+    return rows_where(root, *conditions, where=where, run_id=run_id, order=order).to_pylist()
 
 
 def _pairs(rows: list[dict], cap: int) -> tuple[list[list[tuple[dict, dict, str]]], int]:

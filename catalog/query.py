@@ -198,11 +198,17 @@ def query(root: str | Path, sql: str) -> pa.Table:
         con.close()
 
 
-def select_rows(root: str | Path, where: str | None = None, run_id: str | None = None) -> pd.DataFrame:
-    """Catalog rows matching an SQL ``where`` condition (and run), in catalog order."""
-    conditions = [f"({where})"] if where else []
+def rows_where(
+    root: str | Path,
+    *conditions: str,
+    where: str | None = None,
+    run_id: str | None = None,
+    order: str = "run_id, shard_id, prompt_id, candidate_index",
+) -> pa.Table:
+    """The view's rows meeting every SQL condition (``where``: the user's; ``run_id``: one run),
+    ordered by ``order`` (catalog order by default)."""
+    conditions = [*conditions, *([f"({where})"] if where else [])]
     if run_id:
         conditions.append(f"run_id = '{run_id.replace(chr(39), chr(39) * 2)}'")
     clause = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    order = "ORDER BY run_id, shard_id, prompt_id, candidate_index"
-    return query(root, f"SELECT * FROM {VIEW} {clause} {order}").to_pandas()
+    return query(root, f"SELECT * FROM {VIEW} {clause} ORDER BY {order}")
