@@ -3,7 +3,7 @@
 Runs ``configs/demo.yaml`` (clip_score + 0.5 × aesthetic, keep 2 of N = 8) over the world's 69
 full captions with two run seeds (138 prompt runs), and labels every candidate the way a
 careful reviewer would: keep the ones the oracle says show their prompt, reject the others.
-Prompts are split by ``winnow.scoring.calibrate.holdout_mask`` (30% held out, by prompt id, so
+Prompts are split by ``winnow.scoring.holdout.holdout_mask`` (30% held out, by prompt id, so
 both seeds of a prompt are on the same side). The fit sees the labels of ``m`` training
 prompt runs (a seeded random subset, 20 draws per ``m``); the held-out prompt runs are then
 selected with the demo's weights and with the fitted ones, and the kept set's oracle adherence
@@ -21,7 +21,8 @@ import pandas as pd
 
 from bench.quality import _judged_run
 from winnow.models.shapes.world import all_captions
-from winnow.scoring.calibrate import choices, fit, holdout_mask, readable
+from winnow.scoring.calibrate import choices, fit, readable
+from winnow.scoring.holdout import holdout_mask
 from winnow.scoring.select import Policy, select
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,50 +13,20 @@ from winnow.flows.console import make_console, one_line_errors
 from winnow.models.errors import first_line
 
 out_console = make_console()  # results on stdout
-MIN_PROMPTS = 5  # labelled prompts with a preference needed on each side of the split
 
 
 def load(catalog: Path, run: str | None, holdout: float, seed: int):
-    """(scorer names, the run's policy, train choices, held-out choices, prompts skipped)."""
-    import numpy as np  # here, not at module level: `winnow --help` stays fast (torch, pandas)
+    """(run id, scorer names, the run's policy, train choices, held-out choices, prompts skipped)."""
+    from winnow.flows.labelled import labelled_runs, policy_choices, split  # pandas: not at start-up
+    from winnow.scoring.calibrate import CalibrateError
 
-    from winnow.catalog.labels import latest
-    from winnow.catalog.manifest import read_manifest
-    from winnow.catalog.query import read_catalog
-    from winnow.catalog.schema import score_column
-    from winnow.scoring.calibrate import CalibrateError, choices, holdout_mask
-    from winnow.scoring.select import Policy
-
-    if latest(catalog) is None:
-        raise CalibrateError(f"no labels in {catalog / 'labels'}: decide candidates with winnow review first")
-    rows = read_catalog(catalog, run)
-    labelled = rows[rows["human_decision"].notna()]
-    runs = sorted(labelled["run_id"].unique())
-    if not runs:
-        raise CalibrateError(f"no labels on the rows of {f'run {run!r}' if run else catalog}")
+    runs = labelled_runs(catalog, run)
     if len(runs) > 1:
-        raise CalibrateError(f"labels span runs {', '.join(runs)}: choose one with --run")
-    run_id = runs[0]
-    config = read_manifest(catalog, run_id).config
-    policy = Policy.model_validate(config.get("select", {}))
-    rows = rows[rows["run_id"] == run_id]
-    names = sorted(config.get("scorers", {}))
-    missing = [n for n in names if score_column(n) not in rows.columns]
-    if missing or not names:
-        raise CalibrateError(f"run {run_id!r} has no scores for {', '.join(missing) or 'any scorer'}")
-    scores = {n: rows[score_column(n)].to_numpy(dtype=np.float64) for n in names}
-    decisions = rows["human_decision"].tolist()
-    names, data = choices(scores, rows["prompt_id"].to_numpy(), decisions, policy.normalize)
-    held = holdout_mask(data.prompt_ids, holdout, seed)
-    train, test = data.subset(~held), data.subset(held)
-    if min(len(train.prompt_ids), len(test.prompt_ids)) < MIN_PROMPTS:
-        need = max(MIN_PROMPTS / max(holdout, 1e-9), MIN_PROMPTS / max(1 - holdout, 1e-9))
-        raise CalibrateError(
-            f"{len(data.prompt_ids)} labelled prompts with a preference ({len(train.prompt_ids)} to fit, "
-            f"{len(test.prompt_ids)} held out; {data.skipped} skipped: all keep or all reject); needs at "
-            f"least {MIN_PROMPTS} on each side, about {int(np.ceil(need))} with --holdout {holdout}"
-        )
-    return run_id, names, policy, train, test, data.skipped
+        ids = ", ".join(r.manifest.run_id for r in runs)
+        raise CalibrateError(f"labels span runs {ids}: choose one with --run")
+    data = policy_choices(runs[0])
+    train, test = split(data, holdout, seed)
+    return runs[0].manifest.run_id, runs[0].names, runs[0].policy, train, test, data.skipped
 
 
 def write_weights(config: Path, weights: dict[str, float]) -> None:
@@ -86,13 +56,6 @@ def write_weights(config: Path, weights: dict[str, float]) -> None:
     atomic_write(config, out.getvalue().encode())
 
 
-def _share(hits: int, n: int) -> str:
-    from winnow.scoring.calibrate import wilson
-
-    low, high = wilson(hits, n)
-    return f"{hits}/{n} = {hits / n:.0%} (95% Wilson {low:.0%}–{high:.0%})"
-
-
 def calibrate_command(
     catalog: Annotated[Path, typer.Argument(help="catalog folder")] = Path("out/catalog"),
     run: Annotated[str | None, typer.Option(help="the run whose labels to use (needed if several)")] = None,
@@ -111,6 +74,7 @@ def calibrate_command(
     import numpy as np
 
     from winnow.scoring.calibrate import CalibrateError, agreement, fit, readable
+    from winnow.scoring.holdout import share
 
     with one_line_errors():
         if write is not None and not write.is_file():
@@ -123,8 +87,8 @@ def calibrate_command(
             f"run {run_id}: {len(train.prompt_ids)} prompts to fit, {len(test.prompt_ids)} held out, "
             f"{skipped} skipped (all keep or all reject: no preference)"
         )
-        out_console.print(f"held-out top-1 agreement, current weights: {_share(*agreement(test, before))}")
-        out_console.print(f"held-out top-1 agreement, fitted weights:  {_share(*agreement(test, after))}")
+        out_console.print(f"held-out top-1 agreement, current weights: {share(*agreement(test, before))}")
+        out_console.print(f"held-out top-1 agreement, fitted weights:  {share(*agreement(test, after))}")
         shown = ", ".join(f"{n}: {w:g}" for n, w in weights.items())
         if write is None:
             out_console.print(f"select:\n  weights: {{{shown}}}", markup=False, highlight=False)

@@ -10,27 +10,25 @@ negative log-likelihood plus ``l2 / 2 * |w|^2`` is convex; Newton's method with 
 minimises it. Because the combined score only ranks, a fitted ``w`` is shown rescaled so that
 its largest absolute weight is 1.
 
-Agreement is top-1: a prompt agrees when the candidate the weights rank first among its
-labelled candidates is one the person kept; its 95% interval is Wilson's score interval.
+Agreement is top-1 on held-out prompts (``winnow.scoring.holdout``, shared with ``winnow
+train-head``): a prompt agrees when the candidate the weights rank first among its labelled
+candidates is one the person kept.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from winnow.models.errors import WinnowError
+from winnow.scoring.holdout import LabelsError, top1
 from winnow.scoring.select import _group_codes, _normalize
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
-
-class CalibrateError(WinnowError):
-    """Labels that cannot calibrate the weights (none, too few prompts with a preference)."""
+class CalibrateError(LabelsError):
+    """Labels or a config that cannot calibrate the weights."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,8 @@ class Choices:
     ``features``: (n, d) float64 normalised scores of the labelled candidates with finite
     scores; ``prompt``: (n,) int prompt index in ``0..len(prompt_ids)-1``; ``kept``: (n,) bool,
     the person's decision; ``prompt_ids``: one per prompt; ``skipped``: labelled prompts left
-    out because their labels were all keep or all reject.
+    out because their labels were all keep or all reject; ``index``: (n,) int, each row's
+    position in the arrays ``choices`` was given (to fetch other data of the same candidates).
     """
 
     features: np.ndarray
@@ -48,13 +47,15 @@ class Choices:
     kept: np.ndarray
     prompt_ids: list[Hashable]
     skipped: int
+    index: np.ndarray
 
     def subset(self, prompts: np.ndarray) -> Choices:
         """Only the prompts whose index is in ``prompts`` (bool mask over ``prompt_ids``)."""
         rows = prompts[self.prompt]
         new_index = np.cumsum(prompts) - 1
         ids = [p for p, take in zip(self.prompt_ids, prompts, strict=True) if take]
-        return Choices(self.features[rows], new_index[self.prompt[rows]], self.kept[rows], ids, 0)
+        prompt = new_index[self.prompt[rows]]
+        return Choices(self.features[rows], prompt, self.kept[rows], ids, 0, self.index[rows])
 
 
 def choices(
@@ -74,7 +75,7 @@ def choices(
     labelled = np.array([d in ("keep", "reject") for d in decision]) & valid
     keep = np.array([d == "keep" for d in decision])
     first_id = {int(c): g for c, g in zip(codes, list(groups), strict=True)}
-    features, prompt, kept, ids, skipped = [], [], [], [], 0
+    features, prompt, kept, ids, index, skipped = [], [], [], [], [], 0
     for g in np.unique(codes[labelled]):
         rows = np.flatnonzero(valid & (codes == g))
         mine = labelled[rows]
@@ -85,20 +86,13 @@ def choices(
         features.append(normalised[mine])
         prompt.append(np.full(int(mine.sum()), len(ids)))
         kept.append(keep[rows][mine])
+        index.append(rows[mine])
         ids.append(first_id[int(g)])
     if not ids:
-        return names, Choices(np.zeros((0, len(names))), np.zeros(0, int), np.zeros(0, bool), [], skipped)
-    return names, Choices(np.vstack(features), np.concatenate(prompt), np.concatenate(kept), ids, skipped)
-
-
-def holdout_mask(prompt_ids: Sequence[Hashable], fraction: float, seed: int) -> np.ndarray:
-    """bool per prompt: held out for evaluation. Stable: a prompt's side depends only on its
-    id, ``seed`` and ``fraction`` (SHA-256 of ``"<seed>:<prompt_id>"`` as a uniform in [0, 1))."""
-    out = np.zeros(len(prompt_ids), dtype=bool)
-    for i, pid in enumerate(prompt_ids):
-        digest = hashlib.sha256(f"{seed}:{pid}".encode()).digest()
-        out[i] = int.from_bytes(digest[:8], "big") / 2**64 < fraction
-    return out
+        empty = np.zeros(0, int)
+        return names, Choices(np.zeros((0, len(names))), empty, np.zeros(0, bool), [], skipped, empty)
+    arrays = np.vstack(features), np.concatenate(prompt), np.concatenate(kept)
+    return names, Choices(*arrays, ids, skipped, np.concatenate(index))
 
 
 def _comparisons(data: Choices) -> list[tuple[int, np.ndarray]]:
@@ -161,19 +155,4 @@ def readable(weights: np.ndarray, digits: int = 3) -> np.ndarray:
 def agreement(data: Choices, weights: np.ndarray) -> tuple[int, int]:
     """(prompts whose top-1 by ``weights`` among labelled candidates was kept, prompts); ties
     go to the earlier row, as the policy breaks them."""
-    utility = data.features @ weights
-    hits = 0
-    for p in range(len(data.prompt_ids)):
-        rows = np.flatnonzero(data.prompt == p)
-        hits += bool(data.kept[rows[np.argmax(utility[rows])]])
-    return hits, len(data.prompt_ids)
-
-
-def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval (default 95%) for a proportion ``hits / n``; (0, 1) when n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return top1(data.prompt, data.kept, data.features @ weights)

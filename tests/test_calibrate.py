@@ -15,7 +15,8 @@ from winnow.catalog.labels import Decision, write_labels
 from winnow.catalog.manifest import Manifest, ModelRef, PromptSource, write_manifest
 from winnow.catalog.schema import Row, candidate_id, table
 from winnow.catalog.writer import image_relpath, part_path, write_part
-from winnow.scoring.calibrate import agreement, choices, fit, holdout_mask, readable, wilson
+from winnow.scoring.calibrate import agreement, choices, fit, readable
+from winnow.scoring.holdout import holdout_mask, wilson
 from winnow.scoring.select import _normalize
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
