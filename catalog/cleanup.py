@@ -19,7 +19,8 @@ from winnow.catalog.embeddings import FOLDER
 _TEMP = re.compile(r"^\..+?\.(\d+)(?:\.\d+)?\.tmp$")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (this process counts)."""
     if pid == os.getpid():
         return True
     try:
@@ -39,7 +40,7 @@ def remove_stale_temps(*folders: str | Path) -> list[Path]:
             continue
         for path in folder.iterdir():
             match = _TEMP.match(path.name)
-            if match and not _alive(int(match[1])):
+            if match and not alive(int(match[1])):
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed

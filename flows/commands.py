@@ -1,5 +1,5 @@
-"""CLI commands over an existing catalog: stats, query, regenerate, export, report, score,
-rescore, dedup.
+"""CLI commands over an existing catalog: stats, query, compact, regenerate, export, report,
+score, rescore, dedup.
 
 Registered into the ``winnow`` app by ``winnow.flows.cli`` (``register(app)``). Heavy imports happen
 inside the commands, so ``winnow --help`` stays fast. Errors are one line (``error: ...``,
@@ -19,6 +19,7 @@ from rich.table import Table
 from winnow.flows.calibrate_cli import calibrate_command
 from winnow.flows.console import err_console, fail, make_console, one_line_errors
 from winnow.flows.review_cli import review_command
+from winnow.flows.train_head_cli import train_head_command
 
 out_console = make_console()  # tables on stdout
 DEFAULT_CATALOG = Path("out/catalog")  # run.out's default (pipeline/config.py)
@@ -60,12 +61,11 @@ def stats(
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
 ) -> None:
     """Runs, prompts, candidates, kept, acceptance rate, and score distributions per run."""
-    from winnow.catalog.query import read_catalog
+    from winnow.catalog.query import connect
     from winnow.catalog.stats import run_stats, score_stats
 
-    with one_line_errors():
-        rows = read_catalog(catalog, run)
-    runs, scores = run_stats(rows), score_stats(rows)
+    with one_line_errors(), connect(catalog, run) as con:
+        runs, scores = run_stats(con), score_stats(con)
     if json_out:
         import json
 
@@ -124,6 +124,37 @@ def query(
     else:
         out.write_text(text, encoding="utf-8")
         err_console.print(f"{len(df)} rows -> {out}")
+
+
+@catalog_app.command("compact")
+def compact(
+    catalog: Annotated[Path, typer.Argument(help="catalog folder")] = DEFAULT_CATALOG,
+    run: Annotated[str | None, typer.Option(help="only this run")] = None,
+) -> None:
+    """Merge each finished run's parts into a few large files sorted by prompt
+    (runs/<run_id>/compacted-*.parquet), swapped in atomically; unfinished runs are skipped.
+    Runs compact themselves when they finish (run.compact); this migrates older catalogs."""
+    import time
+
+    from rich.progress import Progress
+
+    from winnow.catalog.compact import compact_catalog
+
+    began = time.perf_counter()
+    done = []
+    with one_line_errors(), Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("compacting", total=None)
+        for result in compact_catalog(catalog, run):
+            bar.advance(task)
+            if result.skipped:
+                err_console.print(f"run {result.run_id}: skipped ({result.skipped})", highlight=False)
+            else:
+                done.append(result)
+    err_console.print(
+        f"compacted {len(done)} runs: {sum(r.parts for r in done)} parts -> "
+        f"{sum(r.files for r in done)} files, {sum(r.rows for r in done)} rows "
+        f"in {time.perf_counter() - began:.1f} s"
+    )
 
 
 def regenerate_command(
@@ -250,6 +281,8 @@ def score_command(
         result = score_folder(folder, prompts_from, cfg, out, run_id=run_id, device=device)
     for rel, why in result.skipped:
         err_console.print(f"skipped {rel}: {why}", highlight=False)
+    for warning in result.warnings:
+        err_console.print(f"warning: {warning}", highlight=False)
     err_console.print(
         f"scored {result.images} images ({result.kept} kept, {len(result.skipped)} files skipped, "
         f"{result.skipped_shards}/{result.shards} shards already done) into [bold]{result.catalog}[/] "
@@ -317,3 +350,4 @@ def register(app: typer.Typer) -> None:
     app.command("dedup")(dedup_command)
     app.command("review")(review_command)
     app.command("calibrate")(calibrate_command)
+    app.command("train-head")(train_head_command)

@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from winnow.catalog.compact import compact_finished
 from winnow.catalog.manifest import generated_manifest, write_manifest
 from winnow.catalog.report import write_report
 from winnow.catalog.summary import read_run, score_table
@@ -127,6 +128,10 @@ def _curate(config: Config) -> RunSummary:
     interrupt.raise_if_stopped(root, run_id, plans)
     results = [f.result() for f in futures]
     check_parts_visible([r.part for r in results])  # workers on other nodes share the catalog
+    warnings: list[str] = []  # one line each: the run is in the catalog, an extra failed
+    if config.run.compact and (warning := compact_finished(root, run_id)):
+        warnings.append(warning)
+        get_run_logger().warning(warning)
     rows = read_run(config.run.out, run_id)
     scores = score_table(rows)
     summary = RunSummary(
@@ -144,7 +149,6 @@ def _curate(config: Config) -> RunSummary:
         notes=notes,
     )
     # The catalog is complete: an extra that fails is a warning, not a failed run.
-    warnings: list[str] = []
     with _warn_on_failure("the summary artifact", warnings):
         create_table_artifact(
             key="curate-summary",

@@ -148,6 +148,12 @@ class RunConfig(_Section):
         "1.5 KB per row at 768-d) beside each part, for winnow rescore and winnow dedup: all "
         "candidates, kept ones only, or none",
     )
+    compact: bool = Field(
+        True,
+        description="when the run has written every shard, merge its parts into a few large files "
+        "sorted by prompt (runs/<run_id>/compacted-*.parquet, as `winnow catalog compact` does); "
+        "a failed compaction is a warning and leaves the parts as they are",
+    )
 
 
 class RunnerConfig(_Section):
@@ -317,8 +323,9 @@ class Config(_Section, Scoring):
     def result_hash(self) -> str:
         """Hash of everything that changes the catalog's content (not where it goes). The
         ``clip`` section is left out: the specs the scorers use are in ``scorers``, inline."""
-        # run.embeddings only adds files beside the parts: the rows are the same either way.
-        exclude = {"run": {"out", "run_id", "embeddings"}, "runner": True, "clip": True}
+        # run.embeddings only adds files beside the parts and run.compact only merges them: the
+        # rows are the same either way.
+        exclude = {"run": {"out", "run_id", "embeddings", "compact"}, "runner": True, "clip": True}
         data = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

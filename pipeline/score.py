@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from winnow.catalog.compact import compact_finished
 from winnow.catalog.manifest import embedding_record, external_manifest, write_manifest
 from winnow.pipeline.images import scan
 from winnow.pipeline.score_config import ScoreConfig
@@ -21,6 +22,7 @@ class ScoreResult:
     shards: int
     skipped_shards: int  # shards already in the catalog (resumed)
     skipped: tuple[tuple[str, str], ...]  # (file, why) of the files left out
+    warnings: tuple[str, ...] = ()  # one line each: the run is in the catalog, an extra failed
 
 
 def score_folder(
@@ -43,6 +45,7 @@ def score_folder(
     results = [
         process_shard(job, plan) for plan in plan_shards(job.run_id, job.prompts, config.run.shard_size)
     ]
+    warning = compact_finished(job.root, job.run_id) if config.run.compact else None
     return ScoreResult(
         run_id=job.run_id,
         catalog=job.root,
@@ -51,4 +54,5 @@ def score_folder(
         shards=len(results),
         skipped_shards=sum(r.skipped for r in results),
         skipped=job.skipped,
+        warnings=(warning,) if warning else (),
     )

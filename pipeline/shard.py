@@ -14,10 +14,12 @@ import os
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from winnow.catalog.compact import STATE, compacted_counts, planned_shards
 from winnow.catalog.schema import table
 from winnow.catalog.writer import part_path, write_part
 from winnow.models.sources import resolve
@@ -58,9 +60,10 @@ def default_run_id(config: Config, prompts: list[Prompt]) -> str:
 
 
 def plan_shards(run_id: str, prompts: list[Prompt] | tuple[Prompt, ...], shard_size: int) -> list[ShardPlan]:
+    ids = planned_shards(len(prompts), shard_size)
     return [
-        ShardPlan(run_id, f"{i // shard_size:05d}", tuple(prompts[i : i + shard_size]))
-        for i in range(0, len(prompts), shard_size)
+        ShardPlan(run_id, shard_id, tuple(prompts[i * shard_size : (i + 1) * shard_size]))
+        for i, shard_id in enumerate(ids)
     ]
 
 
@@ -68,14 +71,16 @@ def process_shard(
     config: Config | ImageJob, plan: ShardPlan, on_progress: Progress | None = None
 ) -> ShardResult:
     """Make (generate, or read the images of an ``ImageJob``), score and select the shard's
-    candidates, then write its images and part; a shard whose part exists is skipped."""
+    candidates, then write its images and part; a shard whose part exists, or that its run's
+    compaction lists (``winnow.catalog.compact``), is skipped."""
     source = ImageSource(config, plan) if isinstance(config, ImageJob) else GeneratedSource(config, plan)
     part = part_path(source.settings.root, plan.run_id, plan.shard_id)
-    if part.exists():
-        done = pq.read_table(part, columns=["kept"])["kept"]
+    done = _done(part, plan.shard_id)
+    if done is not None:
+        where, candidates, kept = done
         if on_progress:
-            on_progress(len(done), len(done) - source.expected())
-        return ShardResult(plan.shard_id, str(part), len(done), int(pc.sum(done).as_py() or 0), skipped=True)
+            on_progress(candidates, candidates - source.expected())
+        return ShardResult(plan.shard_id, where, candidates, kept, skipped=True)
 
     rows = run_shard(source, on_progress)
     written = datetime.now(UTC)
@@ -86,3 +91,17 @@ def process_shard(
     return ShardResult(
         plan.shard_id, str(part), len(rows), kept, skipped=False, oom_retries=source.oom_retries
     )
+
+
+def _done(part: Path, shard_id: str) -> tuple[str, int, int] | None:
+    """(where its rows are, candidates, kept) of a shard already written, else None: its part,
+    or its run's compacted files (``_compacted.json`` lists it)."""
+    try:
+        kept = pq.read_table(part, columns=["kept"])["kept"]
+        return str(part), len(kept), int(pc.sum(kept).as_py() or 0)
+    except FileNotFoundError:  # never written, or compacted (even while this looked)
+        pass
+    counts = compacted_counts(part.parent).get(shard_id)
+    if counts is None:
+        return None
+    return str(part.parent / STATE), *counts
