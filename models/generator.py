@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import threading
@@ -183,9 +184,74 @@ def _load(source: Source, params: GeneratorParams, dtype: torch.dtype):  # -> Di
     return pipe
 
 
+class DistinctRows:
+    """Forward hooks that make a text encoder encode each distinct input row once.
+
+    Pipelines tokenize one row per candidate, so a call of 8 candidates of one prompt would
+    encode that prompt 8 times (and the negative prompt 8 more). The pre-hook keeps the first
+    of each distinct (token ids, attention mask) row; the hook gathers the outputs back to one
+    row per input. Each row is encoded on its own (causal attention, no cross-row terms), so
+    every row's embedding is what the full batch gives it, up to float rounding of a smaller
+    batch.
+    """
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        self.index: torch.Tensor | None = None  # the running call's input row -> encoded row
+        encoder.register_forward_pre_hook(self.before, with_kwargs=True)
+        encoder.register_forward_hook(self.after)
+
+    def before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        self.index = None
+        ids = args[0] if args else kwargs.get("input_ids")
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+            return None
+        mask = kwargs.get("attention_mask")
+        key = ids if mask is None else torch.cat([ids, mask.to(ids.dtype)], dim=1)
+        position: dict[tuple, int] = {}  # distinct row -> its position among the encoded rows
+        index, keep = [], []
+        for i, row in enumerate(key.tolist()):
+            index.append(position.setdefault(tuple(row), len(position)))
+            if index[-1] == len(keep):
+                keep.append(i)
+        if len(keep) == len(index):
+            return None
+        self.index = torch.tensor(index, device=ids.device)
+        rows = torch.tensor(keep, device=ids.device)
+        if args:
+            args = (ids[rows], *args[1:])
+        else:
+            kwargs["input_ids"] = ids[rows]
+        if mask is not None:
+            kwargs["attention_mask"] = mask[rows]
+        return args, kwargs
+
+    def after(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        if self.index is None:
+            return None
+        index, self.index = self.index, None
+        return _gather(output, index, int(index.max()) + 1)
+
+
+def _gather(value: Any, index: torch.Tensor, encoded: int) -> Any:
+    """``value`` (a tensor, tuple/list or dict/``ModelOutput`` of them) with every tensor of
+    ``encoded`` rows expanded to one row per entry of ``index``."""
+    if isinstance(value, torch.Tensor):
+        return value[index.to(value.device)] if value.ndim and value.shape[0] == encoded else value
+    if isinstance(value, dict):  # transformers' ModelOutput is an OrderedDict
+        for key in list(value.keys()):
+            value[key] = _gather(value[key], index, encoded)
+        return value
+    if isinstance(value, tuple | list):
+        return type(value)(_gather(v, index, encoded) for v in value)
+    return value
+
+
 def _tune(pipe, params: GeneratorParams):  # -> DiffusionPipeline
     """Apply the speed settings. Attention needs none: diffusers already uses PyTorch's fused
     ``scaled_dot_product_attention`` (``AttnProcessor2_0``) by default."""
+    for name, component in pipe.components.items():
+        if name.startswith("text_encoder") and isinstance(component, torch.nn.Module):
+            DistinctRows(component)
     if params.channels_last:
         # Convolutions dominate the UNet and VAE; cuDNN's fastest kernels want NHWC.
         pipe.unet.to(memory_format=torch.channels_last)
@@ -396,7 +462,8 @@ class Generator:
         """One pipeline call on ``chunk`` (requests ``start``.. of which the first ``real`` are
         not padding): the images, the positions in ``chunk`` they belong to, and per image
         the safety checker's verdict (None without a checker)."""
-        # CPU generators: the same seed gives the same noise on every device.
+        # CPU generators: the same seed gives the same noise on every device (and ancestral
+        # schedulers draw their per-step noise from them too).
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in chunk]
         alive = list(range(len(chunk)))
         hooks, recorder = {}, contextlib.nullcontext()
@@ -408,6 +475,9 @@ class Generator:
                 "callback_on_step_end_tensor_inputs": list(pipe._callback_tensor_inputs),
             }
         with _CALL_LOCK, torch.inference_mode(), recorder:
+            latents = initial_latents(pipe, generators, self.params.width, self.params.height, self.device)
+            if latents is not None:
+                hooks["latents"] = latents
             output = pipe(
                 prompt=[r.prompt for r in chunk],
                 negative_prompt=[r.negative_prompt for r in chunk],
@@ -421,6 +491,31 @@ class Generator:
             )
         # Only pipelines with a checker report one (SD 1.x/2.x); SDXL's output has no such field.
         return output.images, alive, getattr(output, "nsfw_content_detected", None)
+
+
+def initial_latents(
+    pipe, generators: list[torch.Generator], width: int | None, height: int | None, device: torch.device
+) -> torch.Tensor | None:
+    """The call's initial noise, one row per CPU generator, built once on the host and moved
+    to ``device`` in one copy (pinned, asynchronous on CUDA); None for a pipeline without a
+    UNet-layout ``latents`` argument (it then draws its own).
+
+    Drawn exactly as diffusers' ``randn_tensor`` draws from a list of CPU generators (one
+    (1, C, h, w) draw per generator in the embeddings' dtype), so the same seed gives the same
+    noise, and the same image, on any device and in any batch.
+    """
+    unet = getattr(pipe, "unet", None)
+    if unet is None or "latents" not in inspect.signature(pipe.__call__).parameters:
+        return None
+    # The pipelines draw in their prompt embeddings' dtype: the (last) text encoder's.
+    encoder = getattr(pipe, "text_encoder_2", None) or getattr(pipe, "text_encoder", None) or unet
+    scale = pipe.vae_scale_factor
+    shape = (1, unet.config.in_channels, (height or _default_size(pipe)) // scale)
+    shape += ((width or _default_size(pipe)) // scale,)
+    host = torch.cat([torch.randn(shape, generator=g, dtype=encoder.dtype) for g in generators])
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _default_size(pipe) -> int:

@@ -60,3 +60,60 @@ def test_scheduler_override_and_identity(tiny_sd):
     assert identity.pipeline == "StableDiffusionPipeline"
     assert (identity.width, identity.height, identity.dtype) == (16, 16, "float32")
     assert identity.model_fingerprint is not None and len(identity.model_fingerprint) == 16
+
+
+def test_each_distinct_prompt_is_encoded_once_per_call(tiny_sd):
+    """2 prompts x 4 candidates in one call: the text encoder sees 2 prompt rows and 1
+    negative row, not 8 + 8, and every candidate still gets its own prompt's embedding."""
+    from winnow.models.generator import load_pipeline
+
+    params = GeneratorParams(model=str(tiny_sd), steps=2, batch_size=8)
+    encoder = load_pipeline(params).text_encoder
+    rows: list[int] = []
+    handle = encoder.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
+    try:
+        reqs = [Request(f"prompt {i // 4}", "", candidate_seed(7, f"p{i // 4}", i)) for i in range(8)]
+        (batch,) = Generator(params).generate(reqs)
+        ids = torch.tensor([[49406, 5, 6, 49407], [49406, 7, 8, 49407]])
+        with torch.inference_mode():
+            together = encoder(ids[[0, 1, 0, 0, 1]])
+            alone = [encoder(ids[[k]]) for k in (0, 1, 0, 0, 1)]
+    finally:
+        handle.remove()
+    assert rows[:2] == [2, 1]  # the call: its distinct prompts, then its one negative prompt
+    assert rows[2:] == [2, 1, 1, 1, 1, 1]
+    for name in ("last_hidden_state", "pooler_output"):
+        torch.testing.assert_close(together[name], torch.cat([a[name] for a in alone]), atol=1e-6, rtol=0)
+    assert batch.images.shape[0] == 8 and (batch.images[0] - batch.images[4]).abs().max() > 1e-3
+
+
+def test_latents_are_the_noise_diffusers_draws_from_the_same_seeds(tiny_sd):
+    """The call's latents, built once from the CPU generators, are diffusers' own draw: the
+    images equal a plain pipeline call that draws its noise itself, bit for bit."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from winnow.models.generator import initial_latents, load_pipeline
+
+    params = GeneratorParams(model=str(tiny_sd), steps=2, batch_size=3)
+    pipe = load_pipeline(params)
+    seeds = [candidate_seed(3, "p", k) for k in range(3)]
+
+    def generators() -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    latents = initial_latents(pipe, generators(), None, None, torch.device("cpu"))
+    drawn = randn_tensor(latents.shape, generators(), dtype=latents.dtype)
+    assert torch.equal(latents, drawn)
+
+    reqs = [Request("a red circle", "blurry", s) for s in seeds]
+    (batch,) = Generator(params).generate(reqs)
+    with torch.inference_mode():
+        plain = pipe(
+            prompt=[r.prompt for r in reqs],
+            negative_prompt=[r.negative_prompt for r in reqs],
+            generator=generators(),
+            num_inference_steps=2,
+            guidance_scale=params.guidance,
+            output_type="pt",
+        ).images
+    assert torch.equal(batch.images, plain.float())
