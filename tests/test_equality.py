@@ -27,7 +27,8 @@ ADDED = {"safety_flagged": None}
 
 
 def _rows(runs: Path) -> pd.DataFrame:
-    frames = [pd.read_parquet(part) for part in sorted(runs.glob("*/shard-*.parquet"))]
+    # Parts, or the files a finished run was compacted into (run.compact): the rows are the same.
+    frames = [pd.read_parquet(part) for part in sorted(runs.glob("*/*.parquet"))]
     rows = pd.concat(frames, ignore_index=True).drop(columns=VOLATILE)
     return rows.sort_values(["run_id", "candidate_id"]).reset_index(drop=True)
 
