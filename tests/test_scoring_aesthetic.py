@@ -134,7 +134,7 @@ def test_scorer_is_head_of_normalised_clip_embedding(tiny_clip: ClipSpec, tmp_pa
     assert got.dtype == torch.float32 and got.device.type == "cpu" and got.shape == (4,)
     from safetensors.torch import load_file
 
-    embeddings = encode_images(images, tiny_clip, CPU).double().numpy()
+    embeddings = encode_images(images, tiny_clip, CPU).half().double().numpy()  # as stored
     np.testing.assert_allclose(
         got.numpy(), reference_mlp(load_file(str(head_file)), embeddings), atol=1e-5, rtol=0
     )
@@ -162,7 +162,7 @@ def test_head_named_by_a_hub_reference(
     got = scorer.score(Candidates(images=images, prompts=["ignored"] * 3))
     from safetensors.torch import load_file
 
-    embeddings = encode_images(images, tiny_clip, CPU).double().numpy()
+    embeddings = encode_images(images, tiny_clip, CPU).half().double().numpy()  # as stored
     expected = reference_mlp(load_file(str(cached)), embeddings)
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-5, rtol=0)
     assert asked == [("org/heads", "laion/head.safetensors")]  # once: later batches use the resolved file
