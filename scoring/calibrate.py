@@ -57,6 +57,24 @@ class Choices:
         prompt = new_index[self.prompt[rows]]
         return Choices(self.features[rows], prompt, self.kept[rows], ids, 0, self.index[rows])
 
+    @staticmethod
+    def concat(parts: Sequence[Choices]) -> Choices:
+        """The prompts of ``parts`` one after another (same feature width; parts without rows
+        are left out); ``index`` keeps each part's own positions."""
+        parts = [p for p in parts if len(p.prompt_ids)]
+        if not parts:
+            empty = np.zeros(0, int)
+            return Choices(np.zeros((0, 0)), empty, np.zeros(0, bool), [], 0, empty)
+        offsets = np.cumsum([0] + [len(p.prompt_ids) for p in parts[:-1]])
+        return Choices(
+            np.vstack([p.features for p in parts]),
+            np.concatenate([p.prompt + o for p, o in zip(parts, offsets, strict=True)]),
+            np.concatenate([p.kept for p in parts]),
+            [i for p in parts for i in p.prompt_ids],
+            sum(p.skipped for p in parts),
+            np.concatenate([p.index for p in parts]),
+        )
+
 
 def choices(
     scores: Mapping[str, np.ndarray],
