@@ -32,6 +32,7 @@ from winnow.pipeline.prompts import Prompt
 from winnow.scoring.base import Candidates, build_scorers
 from winnow.scoring.clip import image_embeddings
 from winnow.scoring.head import embedding_spec
+from winnow.scoring.phash import perceptual_hashes, require
 from winnow.scoring.select import Policy, select
 
 PRUNED = "pruned_at_step"  # reject reason of a candidate pruning stopped: pruned_at_step:<S>
@@ -73,6 +74,7 @@ class Candidate:
     image: Any = None  # generated: (H, W, 3) uint8 pixels on the device; external: its file
     pruned_at: int | None = None  # the denoising step pruning stopped it at, if it did
     embedding: np.ndarray | None = None  # (d,) float32 L2-normalised CLIP image embedding
+    phash: np.ndarray | None = None  # (64,) bool perceptual hash bits (select.dedup.phash)
 
 
 class Source(ABC):
@@ -118,6 +120,9 @@ class Shard:
         # and what within-prompt dedup compares.
         wanted = settings.embeddings != "none" or settings.policy.dedup is not None
         self.embedding = embedding_spec(settings.scorers) if wanted else None
+        self.phash = settings.policy.dedup is not None and settings.policy.dedup.phash is not None
+        if self.phash:
+            require()  # fail before the source makes anything
         self.candidates: list[list[Candidate]] = [[] for _ in self.prompts]  # in index order
         self.writes: list[tuple[Row, Future[str]]] = []
 
@@ -156,6 +161,9 @@ class Shard:
             vectors = image_embeddings(batch, self.embedding, self.source.device).float().cpu().numpy()
             for c, vector in zip(candidates, vectors, strict=True):
                 c.embedding = vector
+        if self.phash:
+            for c, bits in zip(candidates, perceptual_hashes(images), strict=True):
+                c.phash = bits
         if timed:
             seconds = (time.perf_counter() - began) / len(candidates)
             for c in candidates:
@@ -173,9 +181,11 @@ class Shard:
         if settings.policy.dedup is None:
             chosen = select(scores, [p] * len(live), settings.policy)
         else:
-            vectors = np.stack([c.embedding for c in live]) if live else None
+            # A prompt whose candidates were all flagged selects over none.
+            vectors = np.stack([c.embedding for c in live]) if live else np.zeros((0, 0))
             ids = [c.row.candidate_id for c in live]
-            chosen = select(scores, [p] * len(live), settings.policy, vectors, ids)
+            hashes = np.array([c.phash for c in live], dtype=bool) if self.phash else None
+            chosen = select(scores, [p] * len(live), settings.policy, vectors, ids, hashes)
         if until_kept is not None and chosen.eligible.sum() < until_kept:
             return False
         for j, c in enumerate(live):

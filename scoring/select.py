@@ -24,7 +24,8 @@
    candidates beyond the first ``keep`` get the reason ``not_top_k``.
 5. **Near-duplicates** (``dedup``, off by default): walking a prompt's eligible candidates in
    that order, one whose CLIP image embedding has cosine >= ``dedup.cosine`` with a candidate
-   already kept is rejected ``near_duplicate:<candidate_id of that kept one>`` and the next
+   already kept (and, with ``dedup.phash``, whose perceptual hash is also within that many
+   bits of it) is rejected ``near_duplicate:<candidate_id of that kept one>`` and the next
    one is considered instead, so a prompt keeps ``keep`` pictures that differ.
 
 Normalisation is per prompt because scorers such as CLIP score are only comparable between
@@ -65,6 +66,21 @@ class Dedup(BaseModel):
         description="cosine of two candidates' CLIP image embeddings (the stored one) at or above "
         "which the lower-ranked one is a near-duplicate",
     )
+    phash: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="also require the two images' 64-bit perceptual hashes (imagehash's pHash; "
+        "the dedup extra) to differ in at most this many bits (unset: cosine alone)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _unset_phash_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Run ids hash the dumped policy: a dedup without phash dumps as it did before phash.
+        data = handler(self)
+        if data.get("phash", 0) is None:
+            del data["phash"]
+        return data
 
 
 class Policy(BaseModel):
@@ -205,13 +221,17 @@ def select(
     policy: Policy,
     embeddings: np.ndarray | None = None,
     ids: Sequence[str] | None = None,
+    hashes: np.ndarray | None = None,
 ) -> Selection:
     """Apply ``policy`` to ``scores`` ({scorer: (n,) higher-is-better}) of candidates grouped
     by prompt (``groups``: n hashable keys, e.g. prompt ids). See the module docstring.
     ``policy.dedup`` needs ``embeddings`` ((n, d) L2-normalised) and ``ids`` (n candidate ids,
-    named in the reasons)."""
+    named in the reasons); ``policy.dedup.phash`` also needs ``hashes`` ((n, 64) bool: each
+    image's perceptual hash bits, ``winnow.scoring.phash``)."""
     if policy.dedup is not None and (embeddings is None or ids is None):
         raise ValueError("select.dedup needs the candidates' embeddings and ids")
+    if policy.dedup is not None and policy.dedup.phash is not None and hashes is None:
+        raise ValueError("select.dedup.phash needs the candidates' perceptual hashes")
     names = sorted(scores)
     policy.check(names)
     codes = _group_codes(groups)
@@ -262,7 +282,7 @@ def select(
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n) - group_start + 1
     if policy.dedup is not None:
-        _near_duplicates(order, codes, eligible, reason, embeddings, ids, policy)
+        _near_duplicates(order, codes, eligible, reason, embeddings, ids, hashes, policy)
     eligible_sorted = eligible[order].astype(np.int64)
     cum = np.cumsum(eligible_sorted)
     before_group = np.r_[0, cum][group_start]  # eligible rows in earlier groups
@@ -280,6 +300,7 @@ def _near_duplicates(
     reason: np.ndarray,
     embeddings: np.ndarray | None,
     ids: Sequence[str] | None,
+    hashes: np.ndarray | None,
     policy: Policy,
 ) -> None:
     """Step 5, in place: walk each prompt's eligible candidates best first; one too close to a
@@ -288,6 +309,9 @@ def _near_duplicates(
     vectors = np.asarray(embeddings, dtype=np.float32)
     if vectors.shape[0] != codes.size:
         raise ValueError(f"embeddings has {vectors.shape[0]} rows, expected {codes.size}")
+    bits = None if policy.dedup.phash is None else np.asarray(hashes, dtype=bool)
+    if bits is not None and bits.shape[0] != codes.size:
+        raise ValueError(f"hashes has {bits.shape[0]} rows, expected {codes.size}")
     kept: dict[int, list[int]] = {}  # prompt code -> rows kept so far
     for i in order:
         if not eligible[i]:
@@ -296,7 +320,10 @@ def _near_duplicates(
         if len(mine) >= policy.keep:
             continue  # not_top_k: never compared, nothing of it is kept
         similar = vectors[mine] @ vectors[i] if mine else np.zeros(0)
-        close = np.flatnonzero(similar >= policy.dedup.cosine)
+        near = similar >= policy.dedup.cosine
+        if bits is not None and mine:  # and within policy.dedup.phash bits (Hamming distance)
+            near &= (bits[mine] != bits[i]).sum(axis=1) <= policy.dedup.phash
+        close = np.flatnonzero(near)
         if close.size:
             eligible[i] = False
             reason[i] = f"{NEAR_DUPLICATE}:{ids[mine[close[np.argmax(similar[close])]]]}"

@@ -3,18 +3,24 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
+from PIL import Image
 
 from tests.test_embeddings import PROMPTS, run
 from winnow.catalog.dedup import DedupError, components, dedup_catalog, pairs_exact, pairs_faiss
+from winnow.catalog.embeddings import load
 from winnow.catalog.export import export
-from winnow.catalog.query import query, read_catalog
+from winnow.catalog.query import connect, query, read_catalog
 from winnow.catalog.report import render
 from winnow.catalog.stats import run_stats
 from winnow.pipeline.config import ConfigError, load_config
+from winnow.scoring.phash import ImagehashMissingError, perceptual_hashes
 from winnow.scoring.select import NOT_TOP_K, Dedup, Policy, select
 
 
@@ -65,6 +71,60 @@ def test_select_dedup_needs_a_clip(make_config) -> None:
     assert load_config(path).select.dedup == Dedup(cosine=0.9)
 
 
+def pictures() -> torch.Tensor:
+    """(3, 3, 64, 64) images in [0, 1]: diagonal stripes, vertical stripes, the first again."""
+    y, x = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    diagonal = 0.5 + 0.5 * torch.sin((x + y) / 3)
+    vertical = 0.5 + 0.5 * torch.sin(x / 5)
+    return torch.stack([diagonal, vertical, diagonal]).unsqueeze(1).expand(3, 3, 64, 64)
+
+
+def test_phash_also_requires_the_pictures_to_look_alike() -> None:
+    hashes = perceptual_hashes(pictures())
+    assert hashes.shape == (3, 64) and hashes.dtype == bool
+    assert (hashes[0] != hashes[1]).sum() > 8 and (hashes[0] == hashes[2]).all()
+    vectors = unit(np.ones((3, 16)))  # one embedding for all three: cosine 1
+    scores, ids = {"s": np.array([3.0, 2.0, 1.0])}, ["p-000", "p-001", "p-002"]
+    cosine = select(scores, ["p"] * 3, Policy(keep=3, dedup=Dedup(cosine=0.95)), vectors, ids)
+    assert cosine.reason == [None, "near_duplicate:p-000", "near_duplicate:p-000"]
+    both = Policy(keep=3, dedup=Dedup(cosine=0.95, phash=8))
+    chosen = select(scores, ["p"] * 3, both, vectors, ids, hashes)
+    assert chosen.kept.tolist() == [True, True, False]  # other pixels: kept; the same: not
+    assert chosen.reason == [None, None, "near_duplicate:p-000"]
+    with pytest.raises(ValueError, match="perceptual hashes"):
+        select(scores, ["p"] * 3, both, vectors, ids)
+    assert Dedup(cosine=0.9).model_dump() == {"cosine": 0.9}  # run ids as before phash
+
+
+def test_select_dedup_phash_in_a_run(make_config) -> None:
+    select_ = {"keep": 2, "dedup": {"cosine": 0.5, "phash": 32}}
+    config = load_config(make_config(PROMPTS, select=select_, run={"save_rejected": True}))
+    rows = run(config).sort_values(["prompt_id", "candidate_index"], ignore_index=True)
+    # The run's selection is select() on its scores, stored embeddings and saved images' hashes.
+    root = Path(config.run.out)
+    found, vectors = load(root, zip(rows["run_id"], rows["shard_id"], rows["candidate_id"], strict=True))
+    assert found.all()
+    pixels = [np.asarray(Image.open(root / path).convert("RGB")) for path in rows["image_path"]]
+    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2) / 255
+    scores = {c.removeprefix("score_"): rows[c].to_numpy() for c in rows if c.startswith("score_")}
+    ids = rows["candidate_id"].tolist()
+    again = select(scores, rows["prompt_id"], config.select, vectors, ids, perceptual_hashes(images))
+    assert again.kept.tolist() == rows["kept"].tolist()
+    assert again.reason == [None if pd.isna(r) else r for r in rows["reject_reason"]]
+    # The tiny pipeline's pictures are close by cosine, less so by pHash: phash spares some.
+    alone = select(scores, rows["prompt_id"], Policy(keep=2, dedup=Dedup(cosine=0.5)), vectors, ids)
+    near = [sum(str(r).startswith("near_duplicate") for r in s.reason) for s in (again, alone)]
+    assert 0 < near[0] < near[1]
+
+
+def test_phash_without_imagehash_is_a_one_line_error(make_config, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "imagehash", None)  # import imagehash raises ImportError
+    config = load_config(make_config(PROMPTS, select={"dedup": {"cosine": 0.9, "phash": 4}}))
+    with pytest.raises(ImagehashMissingError, match=r"needs the imagehash package .*\[dedup\]"):
+        run(config)
+    assert not list(Path(config.run.out).glob("runs/*/*.parquet"))  # nothing half-written
+
+
 def test_exact_and_faiss_pairs_find_planted_duplicates() -> None:
     rng = np.random.default_rng(1)
     x = unit(rng.normal(size=(4000, 64))).astype(np.float32)
@@ -100,9 +160,10 @@ def test_winnow_dedup_finds_every_injected_copy(make_config, tmp_path: Path) -> 
     sql = query(config.run.out, "SELECT count(*) AS n FROM catalog WHERE dedup_kept = false")
     assert sql["n"][0].as_py() == result.decisions.duplicates
     # Stats count them, the report shows each beside its original, export leaves them out.
-    stats = run_stats(rows).set_index("run_id")
+    with connect(config.run.out) as con:
+        stats = run_stats(con).set_index("run_id")
     assert stats.loc["second", "duplicates"] == kept and stats.loc["first", "duplicates"] == 0
-    page = render(rows, Path(config.run.out))
+    page = render(config.run.out)
     assert page.count("<div class='duplicate'>") == kept and "duplicate of</span> first/" in page
     deduped = export(config.run.out, "imagefolder", tmp_path / "deduped", kept_only=True)
     assert deduped.samples == kept
