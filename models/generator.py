@@ -12,6 +12,7 @@ smaller size), so a too-ambitious ``batch_size`` slows a run down instead of los
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -259,9 +260,50 @@ def _tune(pipe, params: GeneratorParams):  # -> DiffusionPipeline
     if params.vae_slicing:
         pipe.vae.enable_slicing()
     if params.compile:
-        # In place, so pipe.unet keeps its config and the pipeline keeps working unchanged.
-        pipe.unet.compile(fullgraph=True)
+        compile_pipeline(pipe)
     return pipe
+
+
+@dataclass(frozen=True)
+class CompileRecipe:
+    """How ``torch.compile`` is applied to a pipeline; ``compile: true`` uses the defaults
+    (the UNet, one whole graph, inductor's default mode). ``bench/gpu.py`` measures others.
+
+    ``mode``: inductor's mode (``max-autotune``, ``max-autotune-no-cudagraphs``, ...; None =
+    default). ``dynamic``: None lets PyTorch decide, False compiles one graph per shape.
+    ``vae_decode``: compile the VAE's decode too. ``fuse_qkv``: diffusers'
+    ``fuse_qkv_projections`` (one GEMM for q, k, v; changes float rounding). ``inductor``:
+    ``torch._inductor.config`` flags for these graphs, e.g. ``(("conv_1x1_as_mm", True),)``.
+    ``backend``: ``inductor``, or e.g. ``eager`` to check tracing without code generation.
+    """
+
+    mode: str | None = None
+    fullgraph: bool = True
+    dynamic: bool | None = None
+    vae_decode: bool = False
+    fuse_qkv: bool = False
+    inductor: tuple[tuple[str, Any], ...] = ()
+    backend: str = "inductor"
+
+
+def compile_pipeline(pipe, recipe: CompileRecipe = CompileRecipe()) -> None:
+    """Compile ``pipe``'s UNet forward (and VAE decode) in place, as ``recipe`` says. The
+    modules' ``__call__`` stays eager, so forward hooks on them run outside the graph and a
+    hook never breaks it. Compilation happens at each new shape's first call."""
+    if recipe.fuse_qkv:
+        pipe.fuse_qkv_projections()
+    options: dict[str, Any] = {}
+    if recipe.backend == "inductor":
+        from torch._inductor import list_mode_options
+
+        # torch.compile takes a mode or options, not both: the mode's options plus the flags.
+        options["options"] = list_mode_options(recipe.mode or "default") | dict(recipe.inductor)
+    compile_ = functools.partial(
+        torch.compile, fullgraph=recipe.fullgraph, dynamic=recipe.dynamic, backend=recipe.backend, **options
+    )
+    pipe.unet.forward = compile_(pipe.unet.forward)
+    if recipe.vae_decode:
+        pipe.vae.decode = compile_(pipe.vae.decode)
 
 
 def _pipeline_key(params: GeneratorParams) -> tuple:
@@ -278,6 +320,15 @@ def _pipeline_key(params: GeneratorParams) -> tuple:
         params.vae_slicing,
         params.safety_checker,
     )
+
+
+def unload_pipelines() -> None:
+    """Forget the cached pipelines (and preview decoders), so that the next ``load_pipeline``
+    loads afresh and the old ones' memory can be freed once nothing else holds them."""
+    with _LOCK:
+        _PIPELINES.clear()
+        _PREVIEWS.clear()
+        _WARM.clear()
 
 
 def load_pipeline(params: GeneratorParams):  # -> DiffusionPipeline
