@@ -9,7 +9,11 @@ Two ways in:
 
 - pandas: ``read_catalog(root)`` (or ``read_table`` for Arrow);
 - SQL: ``connect(root)`` gives a DuckDB connection with a view named ``catalog`` over
-  ``read_parquet('<root>/runs/*/*.parquet', union_by_name = true)``.
+  ``read_parquet('<root>/runs/*/*.parquet', union_by_name = true)``. Aggregations run in
+  DuckDB over only the columns a query names, within ``MEMORY_LIMIT`` (spilling to a temporary
+  folder beyond it), so the large readers (``catalog stats``, ``report``, ``regenerate``'s
+  lookup, ``prompt_ids``) never hold the catalog in memory. ``read_catalog`` materialises
+  every row: it is for small catalogs and the readers that need every row of a run.
 
 Only finished parts are read: the writer's temporary files are dot-files named ``*.tmp``,
 which neither the glob below nor pyarrow's dataset discovery picks up.
@@ -23,13 +27,15 @@ none, and the dedup decisions (``winnow.catalog.dedup``) add ``dedup_kept``,
 
 from __future__ import annotations
 
+import os
+import tempfile
+import uuid
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from winnow.catalog.dedup import COLUMNS as DEDUP_COLUMNS
@@ -40,6 +46,7 @@ from winnow.catalog.schema import score_column
 from winnow.models.errors import WinnowError, first_line
 
 VIEW = "catalog"
+MEMORY_LIMIT = "1GB"  # DuckDB's working memory per connection; larger sorts and joins spill to disk
 
 
 class CatalogError(WinnowError):
@@ -55,25 +62,35 @@ def part_files(root: str | Path, run_id: str | None = None) -> list[Path]:
 
 def prompt_ids(root: str | Path, except_run: str | None = None) -> set[str]:
     """The prompt ids in the catalog at ``root`` (empty if it has none yet), leaving out the
-    rows of run ``except_run``. Reads only the ``prompt_id`` column."""
-    parts = [p for p in part_files(root) if p.parent.name != except_run]
-    if not parts:
+    rows of run ``except_run``. DuckDB reads only the ``prompt_id`` column, and none of
+    ``except_run``'s files."""
+    if not _has_parts(root):
         return set()
-    column = ds.dataset([str(p) for p in parts], format="parquet").to_table(columns=["prompt_id"])[0]
-    return set(pc.unique(column).to_pylist())
+    sql = f"SELECT DISTINCT prompt_id FROM read_parquet({_quoted_glob(root)}, filename = true)"
+    if except_run:  # a filter on the file name: DuckDB skips those files unopened
+        folder = str(Path(root).resolve() / "runs" / except_run) + os.sep
+        sql += f" WHERE NOT starts_with(filename, {sql_string(folder)})"
+    with _duckdb() as con:
+        column = con.sql(sql).to_arrow_table()["prompt_id"]
+    return set(column.to_pylist())
 
 
-def _require_parts(root: str | Path, run_id: str | None) -> list[Path]:
-    parts = part_files(root, run_id)
-    if not parts:
+def _has_parts(root: str | Path, run_id: str | None = None) -> bool:
+    """Whether ``root`` has a finished part (of ``run_id`` if given); stops at the first one."""
+    pattern = f"{run_id}/*.parquet" if run_id else "*/*.parquet"
+    return any(not p.name.startswith((".", "_")) for p in (Path(root) / "runs").glob(pattern))
+
+
+def _require_parts(root: str | Path, run_id: str | None) -> None:
+    if not _has_parts(root, run_id):
         where = f"run {run_id!r} in {root}" if run_id else str(root)
         raise CatalogError(f"no catalog parts found for {where} (expected runs/<run_id>/shard-*.parquet)")
-    return parts
 
 
 def read_table(root: str | Path, run_id: str | None = None) -> pa.Table:
     """All rows (of ``run_id`` if given) as one Arrow table with the union of all parts' columns."""
-    tables = [pq.read_table(p) for p in _require_parts(root, run_id)]
+    _require_parts(root, run_id)
+    tables = [pq.read_table(p) for p in part_files(root, run_id)]
     table = pa.concat_tables(tables, promote_options="permissive")
     if "source" not in table.column_names:
         table = table.append_column("source", pa.nulls(table.num_rows, pa.string()))
@@ -129,27 +146,52 @@ def score_columns(columns: list[str]) -> list[str]:
     return sorted(c for c in columns if c.startswith("score_"))
 
 
-def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the view ``catalog`` over every finished part."""
-    _require_parts(root, None)
-    glob = str(Path(root).resolve() / "runs" / "*" / "*.parquet").replace("'", "''")
-    con = duckdb.connect()
-    source = f"read_parquet('{glob}', union_by_name = true)"
-    columns = [row[0] for row in con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()]
-    if "source" in columns:
-        select = "SELECT * REPLACE (coalesce(source, 'generated') AS source)"
-    else:
-        select = "SELECT *, 'generated' AS source"
-    joined = _side_table_joins(root, f"{select} FROM {source}", columns)
-    con.execute(f"CREATE VIEW {VIEW} AS {_label_join(root, joined)}")
+def _duckdb() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection within ``MEMORY_LIMIT``, one thread per usable core,
+    spilling to a folder of its own under the system temp folder (DuckDB removes it on close)."""
+    spill = Path(tempfile.gettempdir()) / f"winnow-duckdb-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    threads = len(os.sched_getaffinity(0))
+    config = {"memory_limit": MEMORY_LIMIT, "threads": threads, "temp_directory": str(spill)}
+    return duckdb.connect(config=config)
+
+
+def _quoted_glob(root: str | Path, run_id: str | None = None) -> str:
+    """The SQL string literal of the glob of ``root``'s parts (of ``run_id``'s if given)."""
+    return _quoted(Path(root).resolve() / "runs" / (run_id or "*") / "*.parquet")
+
+
+def connect(root: str | Path, run_id: str | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection (``_duckdb``) with the view ``catalog`` over every
+    finished part (of run ``run_id`` only, if given: the others are never opened).
+
+    The view costs nothing to create: no part is opened until a query binds it, and then only
+    the columns the query names are read (side tables add ``run_id`` and ``candidate_id``)."""
+    _require_parts(root, run_id)
+    con = _duckdb()
+    # Columns the view's SQL names but an old part may lack (``source`` before schema v2, a
+    # rescored scorer's column): an empty SELECT of them, unioned by name, makes them exist
+    # (null) without opening any part to find out which columns the parts have.
+    extra = ["NULL::VARCHAR AS source"]
+    extra += [f"NULL::DOUBLE AS {score_column(name)}" for name in rescored(root)]
+    parts = (
+        f"SELECT * REPLACE (coalesce(source, 'generated') AS source) FROM ("
+        f"SELECT * FROM read_parquet({_quoted_glob(root, run_id)}, union_by_name = true) "
+        f"UNION ALL BY NAME SELECT {', '.join(extra)} WHERE false)"
+    )
+    con.execute(f"CREATE VIEW {VIEW} AS {_label_join(root, _side_table_joins(root, parts))}")
     return con
 
 
 def _quoted(path: Path) -> str:
-    return "'" + str(path.resolve()).replace("'", "''") + "'"
+    return sql_string(str(path.resolve()))
 
 
-def _side_table_joins(root: str | Path, parts: str, columns: list[str]) -> str:
+def sql_string(value: str) -> str:
+    """``value`` as a SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _side_table_joins(root: str | Path, parts: str) -> str:
     """The view's SQL: ``parts`` (a SELECT over the parts) with the side tables joined."""
     replaced, added, joins = [], [], []
     for k, (name, paths) in enumerate(rescored(root).items()):
@@ -159,10 +201,7 @@ def _side_table_joins(root: str | Path, parts: str, columns: list[str]) -> str:
             f"ON p.run_id = r{k}.run_id AND p.candidate_id = r{k}.candidate_id"
         )
         column = score_column(name)
-        if column in columns:
-            replaced.append(f"coalesce(p.{column}, r{k}.score) AS {column}")
-        else:
-            added.append(f"r{k}.score AS {column}")
+        replaced.append(f"coalesce(p.{column}, r{k}.score) AS {column}")
     if decisions_path(root).exists():
         joins.append(
             f"LEFT JOIN read_parquet({_quoted(decisions_path(root))}) d "
@@ -187,9 +226,10 @@ def _label_join(root: str | Path, rows: str) -> str:
     )
 
 
-def query(root: str | Path, sql: str) -> pa.Table:
-    """Run ``sql`` (which may name the view ``catalog``) and return the result as Arrow."""
-    con = connect(root)
+def query(root: str | Path, sql: str, run_id: str | None = None) -> pa.Table:
+    """Run ``sql`` (which may name the view ``catalog``, over run ``run_id`` only if given) and
+    return the result as Arrow."""
+    con = connect(root, run_id)
     try:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as err:
@@ -206,9 +246,10 @@ def rows_where(
     order: str = "run_id, shard_id, prompt_id, candidate_index",
 ) -> pa.Table:
     """The view's rows meeting every SQL condition (``where``: the user's; ``run_id``: one run),
-    ordered by ``order`` (catalog order by default)."""
+    ordered by ``order`` (catalog order by default). With ``run_id`` only that run's parts are
+    opened."""
     conditions = [*conditions, *([f"({where})"] if where else [])]
     if run_id:
-        conditions.append(f"run_id = '{run_id.replace(chr(39), chr(39) * 2)}'")
+        conditions.append(f"run_id = {sql_string(run_id)}")
     clause = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    return query(root, f"SELECT * FROM {VIEW} {clause} ORDER BY {order}")
+    return query(root, f"SELECT * FROM {VIEW} {clause} ORDER BY {order}", run_id)

@@ -6,7 +6,11 @@
 - per prompt, every candidate by rank: a thumbnail embedded as a ``data:`` URI (a
   placeholder where no image was saved), its scores, kept ones framed in green, the reject
   reason of the others; a kept row ``winnow dedup`` marked a duplicate is shown beside the
-  row kept over it, with their cosine.
+  row kept over it, with their cosine. At most ``MAX_PROMPTS`` prompts (``--max-prompts``);
+  past it, a sample: the prompts with the smallest prompt ids, and the page says so.
+
+The summary and histograms are aggregated by DuckDB over every row (``winnow.catalog.query``);
+only the shown prompts' rows reach pandas, so memory stays bounded whatever the catalog's size.
 
 A small inline script records on ``<body>`` whether every image decoded
 (``data-images="ok/total"``) and how many errors the page raised (``data-errors``), so a
@@ -21,16 +25,22 @@ import io
 import math
 from pathlib import Path
 
-import numpy as np
+import duckdb
 import pandas as pd
 from PIL import Image
 
-from winnow.catalog.query import read_catalog, score_columns
-from winnow.catalog.stats import run_stats
+from winnow.catalog.query import VIEW, connect, score_columns
+from winnow.catalog.stats import ALL, run_stats
 from winnow.catalog.writer import atomic_write
 
 THUMB = 128  # CSS pixels per thumbnail; larger images are downscaled to this before embedding
 BINS = 20
+MAX_PROMPTS = 200  # prompts shown with their candidates; past it, a sample (module docstring)
+# what a prompt's cards show, besides its scores and the dedup columns
+CARD_COLUMNS = ("run_id", "prompt_id", "candidate_id", "prompt", "negative_prompt", "rank", "kept_final",
+                "human_decision", "reject_reason", "image_path",
+                "shard_id", "batch_index", "batch_position")  # fmt: skip
+DEDUP_COLUMNS = ("dedup_kept", "duplicate_of_run", "duplicate_of", "dedup_cosine")
 KEPT_COLOUR, REJECTED_COLOUR = "#2a9d4b", "#8a8f98"
 
 _STYLE = """
@@ -68,91 +78,159 @@ _SCRIPT = """
 
 
 def write_report(
-    root: str | Path, out: str | Path, run_id: str | None = None, max_prompts: int = 200
+    root: str | Path, out: str | Path, run_id: str | None = None, max_prompts: int = MAX_PROMPTS
 ) -> Path:
     """Write the report of the catalog at ``root`` (of ``run_id`` if given) to ``out``.
 
-    At most ``max_prompts`` prompts get thumbnails (the page says how many were left out);
+    At most ``max_prompts`` prompts get thumbnails (past it, a sample, and the page says so);
     the summary and histograms always cover every row.
     """
-    root, out = Path(root), Path(out)
-    rows = read_catalog(root, run_id)
-    atomic_write(out, render(rows, root, run_id, max_prompts).encode())  # never a partial page
+    out = Path(out)
+    atomic_write(out, render(root, run_id, max_prompts).encode())  # never a partial page
     return out
 
 
-def render(rows: pd.DataFrame, root: Path, run_id: str | None = None, max_prompts: int = 200) -> str:
-    """The report page for catalog ``rows`` (images read relative to ``root``)."""
+def render(root: str | Path, run_id: str | None = None, max_prompts: int = MAX_PROMPTS) -> str:
+    """The report page of the catalog at ``root`` (of ``run_id`` only if given)."""
+    root = Path(root)
     title = f"winnow report: run {run_id}" if run_id else f"winnow report: {root.name}"
-    scores = [*score_columns(list(rows.columns)), "combined_score"]
+    with connect(root, run_id) as con:
+        columns = con.sql(f"SELECT * FROM {VIEW} LIMIT 0").columns
+        scores = [*score_columns(columns), "combined_score"]
+        stats = run_stats(con)
+        summary = _summary(con, stats, score_columns(columns))
+        histograms = _histograms(con, scores)
+        total = int(stats.loc[stats["run_id"] != ALL, "prompts"].sum())
+        rows = _shown_rows(
+            con, [c for c in (*CARD_COLUMNS, *DEDUP_COLUMNS, *scores) if c in columns], max_prompts
+        )
+        images = _images(con, rows)
     parts = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>",
         f"<style>{_STYLE}</style></head><body data-render='pending'>",
         f"<h1>{_e(title)}</h1><div class='meta'>catalog {_e(str(root))}</div>",
         "<h2>Runs</h2>",
-        _summary(rows),
+        summary,
         "<h2>Scores: kept vs rejected</h2>",
         f"<div class='legend'>kept<span style='background:{KEPT_COLOUR}'></span>"
         f" rejected<span style='background:{REJECTED_COLOUR}'></span></div><div class='hists'>",
-        *(_histogram(rows, column) for column in scores if rows[column].notna().any()),
+        *histograms,
         "</div><h2>Candidates by prompt</h2>",
     ]
     groups = list(rows.groupby(["run_id", "prompt_id"], sort=False))
-    images = _images(rows)
-    for (run, _), group in groups[:max_prompts]:
+    if total > len(groups):
+        parts.append(
+            f"<p class='meta sample'>Showing a sample of {len(groups)} of {total} prompts: those with the "
+            "smallest prompt ids (content hashes, so an even sample); "
+            f"{total - len(groups)} more prompts not shown (raise --max-prompts to show more).</p>"
+        )
+    for (run, _), group in groups:
         parts.append(
             _prompt(group.sort_values("rank"), root, scores, show_run=run_id is None, run=run, images=images)
         )
-    if len(groups) > max_prompts:
-        parts.append(f"<p class='meta'>{len(groups) - max_prompts} more prompts not shown.</p>")
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
     return "\n".join(parts)
+
+
+def _shown_rows(con: duckdb.DuckDBPyConnection, columns: list[str], max_prompts: int) -> pd.DataFrame:
+    """The ``columns`` of the rows of at most ``max_prompts`` (run, prompt) pairs: those with the
+    smallest prompt ids, all of them when there are fewer, in catalog order (run, shard, call).
+
+    Prompt ids are content hashes, so the smallest are an even sample that stays the same as
+    the catalog grows; and a compacted run is sorted by prompt id, so DuckDB reads only the
+    row groups of this prompt id range."""
+    chosen = con.sql(
+        f"SELECT DISTINCT run_id, prompt_id FROM {VIEW} ORDER BY prompt_id, run_id LIMIT {int(max_prompts)}"
+    ).to_arrow_table()
+    if chosen.num_rows == 0:
+        return pd.DataFrame(columns=columns)
+    con.register("chosen", chosen)
+    ids = chosen["prompt_id"].to_pylist()
+    select = ", ".join(f'c."{c}"' for c in columns)
+    return con.execute(
+        f"SELECT {select} FROM {VIEW} c SEMI JOIN chosen USING (run_id, prompt_id) "
+        "WHERE c.prompt_id BETWEEN $lo AND $hi "  # a range the Parquet statistics can skip by
+        "ORDER BY c.run_id, c.shard_id, c.batch_index, c.batch_position, c.prompt_id",
+        {"lo": min(ids), "hi": max(ids)},
+    ).df()
 
 
 def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _summary(rows: pd.DataFrame) -> str:
-    stats = run_stats(rows)
-    extra = rows.groupby("run_id").agg(
-        model=("model", lambda s: ", ".join(sorted(s.dropna().astype(str).unique())) or "-"),
-        steps=("steps", lambda s: ", ".join(str(int(v)) for v in sorted(s.dropna().unique())) or "-"),
-    )
+def _summary(con: duckdb.DuckDBPyConnection, stats: pd.DataFrame, scorers: list[str]) -> str:
+    """The runs table: ``stats`` (``run_stats``) with each run's models, steps and the scorers
+    that scored it (the total row: every scorer)."""
+    present = ", ".join(f'count("{c}") FILTER (WHERE NOT isnan("{c}")) > 0' for c in scorers)
+    extra = {
+        run: (models, steps, flags)
+        for run, models, steps, *flags in con.sql(
+            "SELECT run_id, list_sort(list(DISTINCT model::VARCHAR) FILTER (WHERE model IS NOT NULL)), "
+            "list_sort(list(DISTINCT steps) FILTER (WHERE steps IS NOT NULL))"
+            f"{', ' + present if present else ''} FROM {VIEW} GROUP BY run_id"
+        ).fetchall()
+    }
+    everywhere = [any(flags[i] for _, _, flags in extra.values()) for i in range(len(scorers))]
     head = "<tr><th>run</th><th>source</th><th>prompts</th><th>candidates</th><th>kept</th>"
     head += "<th>acceptance</th><th>images</th><th>model</th><th>steps</th><th>scorers</th></tr>"
     body = []
     for rec in stats.to_dict("records"):
         run = rec["run_id"]
-        in_run = rows[rows["run_id"] == run] if run in extra.index else rows
-        scorers = [c.removeprefix("score_") for c in score_columns(list(rows.columns))]
-        scorers = [s for s in scorers if in_run[f"score_{s}"].notna().any()]
-        model, steps = (extra.loc[run, "model"], extra.loc[run, "steps"]) if run in extra.index else ("", "")
+        models, steps, flags = extra.get(run, (None, None, everywhere))
+        model = "" if models is None else ", ".join(models) or "-"
+        step = "" if steps is None else ", ".join(str(int(v)) for v in steps) or "-"
+        names = [c.removeprefix("score_") for c, found in zip(scorers, flags, strict=True) if found]
         body.append(
             f"<tr><td>{_e(run)}</td><td>{_e(rec['source'])}</td><td>{rec['prompts']}</td>"
             f"<td>{rec['candidates']}</td><td>{rec['kept']}</td><td>{rec['acceptance']:.0%}</td>"
-            f"<td>{rec['images']}</td><td>{_e(model)}</td><td>{_e(steps)}</td>"
-            f"<td>{_e(', '.join(scorers))}</td></tr>"
+            f"<td>{rec['images']}</td><td>{_e(model)}</td><td>{_e(step)}</td>"
+            f"<td>{_e(', '.join(names))}</td></tr>"
         )
     return f"<table>{head}{''.join(body)}</table>"
 
 
-def _histogram(rows: pd.DataFrame, column: str, width: int = 300, height: int = 140) -> str:
-    values = rows[column].to_numpy(dtype="float64", na_value=np.nan)
-    kept = rows["kept_final"].fillna(False).to_numpy(dtype=bool)
-    finite = np.isfinite(values)
-    if not finite.any():
-        return ""
-    lo, hi = float(values[finite].min()), float(values[finite].max())
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, BINS + 1)
-    counts = [np.histogram(values[finite & mask], edges)[0] for mask in (kept, ~kept)]
-    top = max(1, int(max(c.max() for c in counts)))
+def _histograms(con: duckdb.DuckDBPyConnection, scores: list[str]) -> list[str]:
+    """Per score column with a finite value: its histogram (``BINS`` equal bins from its finite
+    minimum to its maximum), kept vs rejected by ``kept_final``; two scans of the view."""
+    bounds = [f'{f}("{c}"::DOUBLE) FILTER (WHERE isfinite("{c}"))' for c in scores for f in ("min", "max")]
+    (ranges,) = con.sql(f"SELECT {', '.join(bounds)} FROM {VIEW}").fetchall()
+    edges = {}
+    for column, lo, hi in zip(scores, ranges[::2], ranges[1::2], strict=True):
+        if lo is not None:
+            edges[column] = (lo - 0.5, hi + 0.5) if hi <= lo else (lo, hi)
+    if not edges:
+        return []
+    counts = {(column, kept): [0] * BINS for column in edges for kept in (True, False)}
+    bins = [
+        # np.histogram's bins: [lo, lo + w), ..., [hi - w, hi] (the last one closed)
+        f'histogram(CASE WHEN isfinite("{c}") '  # null (left out) otherwise
+        f'THEN least(floor(("{c}"::DOUBLE - {lo!r}) * {BINS} / {hi - lo!r}), {BINS - 1})::INTEGER END)'
+        for c, (lo, hi) in edges.items()
+    ]
+    sql = f"SELECT coalesce(kept_final, false), {', '.join(bins)} FROM {VIEW} GROUP BY 1"
+    for kept, *maps in con.sql(sql).fetchall():
+        for column, found in zip(edges, maps, strict=True):
+            for k, n in (found or {}).items():
+                counts[column, kept][k] = n
+    return [_histogram(c, lo, hi, counts[c, True], counts[c, False]) for c, (lo, hi) in edges.items()]
+
+
+def _histogram(
+    column: str,
+    lo: float,
+    hi: float,
+    kept: list[int],
+    rejected: list[int],
+    width: int = 300,
+    height: int = 140,
+) -> str:
+    """An inline SVG of the bin counts ``kept`` and ``rejected`` of ``column`` over [lo, hi]."""
+    top = max(1, *kept, *rejected)
     pad, plot_h = 4, height - 34
     bin_w = (width - 2 * pad) / BINS
     bars = []
-    for colour, shift, count in ((KEPT_COLOUR, 0.0, counts[0]), (REJECTED_COLOUR, 0.5, counts[1])):
+    for colour, shift, count in ((KEPT_COLOUR, 0.0, kept), (REJECTED_COLOUR, 0.5, rejected)):
         for i, c in enumerate(count):
             if c:
                 h = plot_h * c / top
@@ -182,16 +260,23 @@ def _num(value: object) -> str:
     return f"{number:.3g}" if math.isfinite(number) else str(number)
 
 
-def _images(rows: pd.DataFrame) -> dict[tuple[str, str], str]:
+def _images(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> dict[tuple[str, str], str]:
     """(run_id, candidate_id) -> image path of the rows that ``winnow dedup`` kept over a
     duplicate shown in ``rows`` (the report shows the two side by side)."""
     if "dedup_kept" not in rows.columns:
         return {}
-    return {
-        (r.run_id, r.candidate_id): r.image_path
-        for r in rows[rows["dedup_kept"].eq(True)].itertuples()
-        if isinstance(r.image_path, str)
-    }
+    duplicates = rows[rows["dedup_kept"].eq(False)]
+    if duplicates.empty:
+        return {}
+    originals = pd.DataFrame(
+        {"run_id": duplicates["duplicate_of_run"], "candidate_id": duplicates["duplicate_of"]}
+    )
+    con.register("originals", originals)
+    found = con.sql(
+        f"SELECT c.run_id, c.candidate_id, c.image_path FROM {VIEW} c SEMI JOIN originals "
+        "USING (run_id, candidate_id) WHERE c.dedup_kept AND c.image_path IS NOT NULL"
+    ).fetchall()
+    return {(run, candidate): path for run, candidate, path in found}
 
 
 def _prompt(

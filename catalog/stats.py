@@ -1,67 +1,112 @@
-"""Catalog statistics: counts per run and score distributions per run and scorer."""
+"""Catalog statistics: counts per run and score distributions per run and scorer.
+
+``run_stats`` and ``score_stats`` aggregate in DuckDB over the view of a connection from
+``winnow.catalog.query.connect`` (the whole catalog, or one run), reading only the columns
+they need; only their answers (a row per run, a row per run, score and group) reach pandas.
+``describe`` is the same statistics over a pandas Series, for the readers of one run's rows.
+"""
 
 from __future__ import annotations
 
 import math
 
+import duckdb
 import numpy as np
 import pandas as pd
 
-from winnow.catalog.query import score_columns
+from winnow.catalog.query import VIEW, score_columns
 
 ALL = "(all runs)"
+GROUPS = ("all", "kept", "rejected")
+STATS = ("count", "nonfinite", "mean", "std", "min", "p10", "median", "p90", "max")
 
 
-def run_stats(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per run, then a total row (``run_id`` = ``ALL``).
+def run_stats(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """One row per run of the view ``catalog`` of ``con``, then a total row (``run_id`` =
+    ``ALL``) when there are several.
 
     Columns: run_id, source (comma-joined), prompts, candidates, kept (``kept_final``: a
     reviewer's decision where there is one, else the policy's), acceptance (kept /
     candidates, in [0, 1]), images (rows with a saved image file), duplicates (kept rows
     ``winnow dedup`` marked near-duplicates), first/last (created_at).
     """
-    records = [_counts(run, group) for run, group in rows.groupby("run_id", sort=True)]
-    if rows["run_id"].nunique() > 1:
-        records.append(_counts(ALL, rows))
-    return pd.DataFrame.from_records(records)
+    # kept rows `winnow dedup` marked near-duplicates of another (0 before it has run)
+    duplicates = "count_if(dedup_kept = false)" if "dedup_kept" in _columns(con) else "0"
+    runs = con.sql(
+        "SELECT run_id, string_agg(DISTINCT source, ',' ORDER BY source) AS source, "
+        "count(DISTINCT prompt_id) AS prompts, count(*) AS candidates, "
+        "count_if(kept_final) AS kept, count(image_path) AS images, "
+        f"{duplicates} AS duplicates, min(created_at) AS first, max(created_at) AS last "
+        f"FROM {VIEW} GROUP BY run_id ORDER BY run_id"
+    ).df()
+    if len(runs) > 1:
+        sources = sorted({s for joined in runs["source"].dropna() for s in joined.split(",")})
+        total = {
+            "run_id": ALL,
+            "source": ",".join(sources),
+            **runs[["prompts", "candidates", "kept", "images", "duplicates"]].sum().to_dict(),
+            "first": runs["first"].min(),
+            "last": runs["last"].max(),
+        }
+        runs = pd.concat([runs, pd.DataFrame([total])], ignore_index=True)
+    for column in ("prompts", "candidates", "kept", "images", "duplicates"):
+        runs[column] = runs[column].astype("int64")
+    runs["source"] = runs["source"].fillna("")
+    runs[["first", "last"]] = runs[["first", "last"]].apply(lambda t: t.dt.tz_convert("UTC"))
+    runs.insert(5, "acceptance", runs["kept"] / runs["candidates"])
+    return runs
 
 
-def _counts(run_id: str, rows: pd.DataFrame) -> dict:
-    kept = int(rows["kept_final"].fillna(False).astype(bool).sum())
-    return {
-        "run_id": run_id,
-        "source": ",".join(sorted(rows["source"].dropna().unique())),
-        "prompts": int(rows[["run_id", "prompt_id"]].drop_duplicates().shape[0]),
-        "candidates": len(rows),
-        "kept": kept,
-        "acceptance": kept / len(rows) if len(rows) else math.nan,
-        "images": int(rows["image_path"].notna().sum()),
-        # kept rows `winnow dedup` marked near-duplicates of another (0 before it has run)
-        "duplicates": int(rows["dedup_kept"].eq(False).sum()) if "dedup_kept" in rows else 0,
-        "first": rows["created_at"].min(),
-        "last": rows["created_at"].max(),
-    }
-
-
-def score_stats(rows: pd.DataFrame) -> pd.DataFrame:
+def score_stats(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Per run and score column (every ``score_*`` plus ``combined_score``) and group (all,
     kept, rejected; by ``kept_final``): the statistics of ``describe`` (finite values;
-    ``nonfinite`` counts the rest).
+    ``nonfinite`` counts the rest), computed by DuckDB one score column at a time.
 
     Scores are in each scorer's own units (higher is better); a scorer that did not run for a
     run (its column is null there) is left out of that run.
     """
-    columns = [*score_columns(list(rows.columns)), "combined_score"]
+    columns = [*score_columns(_columns(con)), "combined_score"]
+    found = {}
+    for column in columns:
+        for rec in con.sql(_describe_sql(column)).df().to_dict("records"):
+            quantiles = rec.pop("q")
+            rec["p10"], rec["median"], rec["p90"] = quantiles if quantiles is not None else [math.nan] * 3
+            found[rec.pop("run_id"), column, rec.pop("group")] = rec
     records = []
-    for run_id, run in rows.groupby("run_id", sort=True):
-        kept = run["kept_final"].fillna(False).astype(bool)
+    for run_id in sorted({run for run, _, _ in found}):
         for column in columns:
-            values = run[column].astype("float64")
-            if values.isna().all():
-                continue
-            for group, mask in (("all", kept | ~kept), ("kept", kept), ("rejected", ~kept)):
-                records.append({"run_id": run_id, "score": column, "group": group, **describe(values[mask])})
-    return pd.DataFrame.from_records(records)
+            if found.get((run_id, column, "all"), {}).get("present", 0) == 0:
+                continue  # every value null (or NaN): the scorer did not run here
+            for group in GROUPS:
+                values = found.get((run_id, column, group)) or _empty()
+                stats = {k: values[k] for k in STATS}
+                records.append({"run_id": run_id, "score": column, "group": group, **stats})
+    table = pd.DataFrame.from_records(records, columns=["run_id", "score", "group", *STATS])
+    return table.astype({"count": "int64", "nonfinite": "int64"})
+
+
+def _describe_sql(column: str) -> str:
+    """SQL for ``describe``'s statistics of ``column`` per run and group (``all`` and, by
+    ``kept_final``, ``kept``/``rejected``), plus ``present``: the values neither null nor NaN."""
+    finite = "FILTER (WHERE isfinite(v))"  # null is not finite either: the filter drops it
+    return (
+        "SELECT run_id, CASE WHEN grouping(kept) = 1 THEN 'all' WHEN kept THEN 'kept' ELSE 'rejected' END "
+        f'AS "group", count(v) {finite} AS count, count(*) - count(v) {finite} AS nonfinite, '
+        f"avg(v) {finite} AS mean, stddev_pop(v) {finite} AS std, min(v) {finite} AS min, "
+        # quantile_cont interpolates linearly between order statistics, as pandas' quantile
+        f"quantile_cont(v, [0.1, 0.5, 0.9]) {finite} AS q, max(v) {finite} AS max, "
+        "count(v) FILTER (WHERE NOT isnan(v)) AS present "
+        f'FROM (SELECT run_id, coalesce(kept_final, false) AS kept, "{column}"::DOUBLE AS v FROM {VIEW}) '
+        "GROUP BY GROUPING SETS ((run_id), (run_id, kept))"
+    )
+
+
+def _empty() -> dict:
+    return {"count": 0, "nonfinite": 0, **{k: math.nan for k in STATS[2:]}}
+
+
+def _columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return con.sql(f"SELECT * FROM {VIEW} LIMIT 0").columns
 
 
 def describe(values: pd.Series) -> dict:
@@ -72,9 +117,7 @@ def describe(values: pd.Series) -> dict:
     numbers = values.to_numpy(dtype="float64", na_value=np.nan)
     finite = pd.Series(numbers[np.isfinite(numbers)])
     if finite.empty:
-        nan = math.nan
-        return {"count": 0, "nonfinite": int(numbers.size), "mean": nan, "std": nan, "min": nan,
-                "p10": nan, "median": nan, "p90": nan, "max": nan}  # fmt: skip
+        return {**_empty(), "nonfinite": int(numbers.size)}
     q = finite.quantile([0.1, 0.5, 0.9])
     return {
         "count": int(finite.size),

@@ -124,11 +124,13 @@ class Check:
 
 def check_row(root: str | Path, candidate_id: str, run_id: str | None = None) -> Check:
     """Regenerate ``candidate_id`` (of ``run_id``, needed only when several runs hold it) from
-    what the catalog at ``root`` records, and hash it as the writer would."""
-    from winnow.catalog.query import read_catalog
+    what the catalog at ``root`` records, and hash it as the writer would.
 
-    rows = read_catalog(root, run_id)
-    match = rows[rows["candidate_id"] == candidate_id]
+    Reads two things by predicate, never the whole catalog: the candidate's row (by id, and
+    run), then the rows of its shard, the pipeline call's context."""
+    from winnow.catalog.query import rows_where, sql_string
+
+    match = rows_where(root, f"candidate_id = {sql_string(candidate_id)}", run_id=run_id).to_pandas()
     runs = sorted(match["run_id"].unique())
     if not runs:
         where = f"run {run_id!r}" if run_id else "the catalog"
@@ -138,7 +140,7 @@ def check_row(root: str | Path, candidate_id: str, run_id: str | None = None) ->
     row = match.iloc[0]
     if row["source"] != "generated":
         raise WinnowError(f"candidate {candidate_id!r} is an {row['source']} image: nothing to regenerate")
-    shard = rows[(rows["run_id"] == row["run_id"]) & (rows["shard_id"] == row["shard_id"])]
+    shard = rows_where(root, f"shard_id = {sql_string(row['shard_id'])}", run_id=row["run_id"]).to_pandas()
     pixels = regenerate(shard, candidate_id, find_manifest(root, row["run_id"]))
     digest = hashlib.sha256(encode_png(pixels)).hexdigest()
     stored = row["image_sha256"] if isinstance(row["image_sha256"], str) else None

@@ -11,7 +11,7 @@ import pytest
 
 from winnow.catalog.export import export
 from winnow.catalog.labels import Decision, LabelError, history, label_parts, latest, write_labels
-from winnow.catalog.query import query, read_catalog
+from winnow.catalog.query import connect, query, read_catalog
 from winnow.catalog.schema import Row, candidate_id, table
 from winnow.catalog.stats import run_stats
 from winnow.catalog.writer import encode_png, image_relpath, part_path, write_image, write_part
@@ -83,7 +83,8 @@ def test_stats_and_export_use_kept_final(tmp_path):
     rows = read_catalog(root)
     extra = rows.iloc[1]  # not kept by the policy
     write_labels(root, [Decision(extra["run_id"], extra["prompt_id"], extra["candidate_id"], "keep")], "ann")
-    stats = run_stats(read_catalog(root)).set_index("run_id")
+    with connect(root) as con:
+        stats = run_stats(con).set_index("run_id")
     assert stats.loc["r1", "kept"] == 3
     result = export(root, "imagefolder", tmp_path / "out", kept_only=True)
     assert result.samples == 3
