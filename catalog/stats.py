@@ -31,11 +31,11 @@ def run_stats(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     ``winnow dedup`` marked near-duplicates), first/last (created_at).
     """
     # kept rows `winnow dedup` marked near-duplicates of another (0 before it has run)
-    duplicates = "count_if(dedup_kept = false)" if "dedup_kept" in _columns(con) else "0"
+    duplicates = "count(*) FILTER (WHERE NOT dedup_kept)" if "dedup_kept" in _columns(con) else "0"
     runs = con.sql(
         "SELECT run_id, string_agg(DISTINCT source, ',' ORDER BY source) AS source, "
         "count(DISTINCT prompt_id) AS prompts, count(*) AS candidates, "
-        "count_if(kept_final) AS kept, count(image_path) AS images, "
+        "count(*) FILTER (WHERE kept_final) AS kept, count(image_path) AS images, "
         f"{duplicates} AS duplicates, min(created_at) AS first, max(created_at) AS last "
         f"FROM {VIEW} GROUP BY run_id ORDER BY run_id"
     ).df()
