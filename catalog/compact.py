@@ -128,6 +128,13 @@ def _counts(run_dir: str, stamp: int) -> dict[str, tuple[int, int]]:
     }
 
 
+def is_compacted(part: Path) -> bool:
+    """Whether the shard of ``part`` (``runs/<run>/shard-<id>.parquet``) is in its run's
+    compacted files."""
+    state = read_state(part.parent)
+    return state is not None and _shard_of(part) in state["shards"]
+
+
 def _data_files(run_dir: Path) -> list[Path]:
     """The files readers read in ``run_dir`` (``*.parquet`` not starting with ``.`` or ``_``)."""
     return sorted(p for p in run_dir.glob("*.parquet") if not p.name.startswith((".", "_")))
@@ -166,14 +173,10 @@ def compact_run(root: str | Path, run_id: str) -> Compaction:
     unfinished, already compacted or busy run is skipped (``Compaction.skipped``)."""
     began = time.perf_counter()
     root = Path(root)
-    manifest_path(root, run_id)  # a plain folder name, or a ManifestError
     work = root / WORK
-    work.mkdir(exist_ok=True)
     remove_leftovers(root)
-    with _locked(work / f"{run_id}.lock") as locked:
-        if not locked:
-            return Compaction(run_id, skipped="being compacted by another process")
-        skipped = why_not(root, run_id)
+    with _locked(manifest_path(root, run_id)) as locked:
+        skipped = why_not(root, run_id) or (None if locked else "no run manifest")
         if skipped:
             return Compaction(run_id, skipped=skipped)
         run_dir = root / "runs" / run_id
@@ -192,6 +195,8 @@ def compact_run(root: str | Path, run_id: str) -> Compaction:
             raise
         _fsync_dir(run_dir.parent)
         shutil.rmtree(new, ignore_errors=True)  # now the old folder (else the next compaction's)
+    with contextlib.suppress(OSError):  # not empty: another compaction is under way
+        work.rmdir()
     return Compaction(run_id, None, parts, len(files), rows, time.perf_counter() - began)
 
 
@@ -221,11 +226,12 @@ def compact_catalog(root: str | Path, run_id: str | None = None) -> Iterator[Com
 def remove_leftovers(root: str | Path) -> list[Path]:
     """Delete what killed compactions left in ``<root>/.compact/`` (folders of processes that
     no longer run on this machine); return them."""
-    work = Path(root) / WORK
     removed = []
-    if not work.is_dir():
+    try:
+        entries = list((Path(root) / WORK).iterdir())
+    except FileNotFoundError:
         return removed
-    for path in work.iterdir():
+    for path in entries:
         match = _WORK_NAME.match(path.name)
         if match and path.is_dir() and not alive(int(match[1])):
             shutil.rmtree(path, ignore_errors=True)
@@ -245,7 +251,7 @@ def _build(run_dir: Path, new: Path, spill: Path) -> tuple[int, int, list[str]]:
     schema = pa.unify_schemas(schemas, promote_options="permissive")
     if len({str(s.metadata) for s in schemas}) > 1:  # parts of several schema versions
         schema = schema.remove_metadata()
-    new.mkdir()
+    new.mkdir(parents=True)  # .compact/ too: a compaction that ended may have removed it
     _link_side_files(run_dir, new, frozenset({STATE, *(p.name for p in _data_files(run_dir))}))
     spill.mkdir()
     con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(spill)})
@@ -361,19 +367,20 @@ def _exchange(a: Path, b: Path) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[bool]:
-    """An exclusive ``flock`` on ``path`` if free (yields whether it was taken); threads and
-    processes compacting the same run take turns, others skip."""
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _locked(manifest: Path) -> Iterator[bool]:
+    """An exclusive ``flock`` on the run's manifest (yields False if it has none): compactions of
+    one run, in threads or processes, take turns. The manifest is hard-linked into the new
+    folder, so the lock is the same file before and after the swap, and no lock file is left."""
+    try:
+        fd = os.open(manifest, os.O_RDONLY)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed
+        yield True
+    finally:
+        os.close(fd)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

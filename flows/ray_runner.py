@@ -33,12 +33,14 @@ import os
 import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner
 
+from winnow.catalog.compact import is_compacted
 from winnow.models.errors import WinnowError, first_line
 from winnow.pipeline.config import RunnerConfig
 
@@ -166,8 +168,9 @@ def task_options(runner: RunnerConfig, resources: Mapping[str, float], env: dict
 
 
 def check_parts_visible(parts: list[str]) -> None:
-    """The shard parts the tasks wrote are in the driver's catalog folder too."""
-    if unseen := [part for part in parts if not os.path.exists(part)]:
+    """The shard parts the tasks wrote are in the driver's catalog folder too (or in their
+    run's compacted files: a concurrent resume of the run may have finished and compacted it)."""
+    if unseen := [part for part in parts if not os.path.exists(part) and not is_compacted(Path(part))]:
         raise RayRunnerError(
             f"{len(unseen)} shard parts written by workers are not visible here (first: {unseen[0]}): "
             "the catalog folder must be one shared folder at the same path on every node"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from winnow.catalog.compact import STATE, compacted_counts, planned_shards
+from winnow.catalog.compact import STATE, compacted_counts, is_compacted, planned_shards
 from winnow.catalog.schema import table
 from winnow.catalog.writer import part_path, write_part
 from winnow.models.sources import resolve
@@ -86,6 +86,9 @@ def process_shard(
     written = datetime.now(UTC)
     for row in rows:
         row.created_at = written
+    if is_compacted(part):  # a concurrent resume of this run finished and compacted it meanwhile
+        done = _done(part, plan.shard_id)
+        return ShardResult(plan.shard_id, done[0], done[1], done[2], skipped=True)
     write_part(part, table(rows, source.settings.scorers))
     kept = sum(r.kept for r in rows)
     return ShardResult(
