@@ -44,7 +44,7 @@ def test_sd15_architecture_builds_and_its_flops_are_counted(tmp_path):
     }
     work = workload(base, prompts, 1, 1)
     flops = flops_per_image(work.config)
-    assert flops["unet_step"] > 0 and flops["vae_decode"] > 0 and flops["text_encoder"] > 0
-    assert flops["unet_all_steps"] == pytest.approx(3 * flops["unet_step"])
+    assert flops["unet_eval"] > 0 and flops["vae_decode"] > 0 and flops["text_encoder_row"] > 0
+    assert flops["unet_all_steps"] == pytest.approx(3 * flops["unet_eval"])
     (batch,) = Generator(work.config.generator).generate([Request("a lighthouse", "", 1)])
     assert batch.images.shape == (1, 3, 64, 64) and torch.isfinite(batch.images).all()
