@@ -164,10 +164,12 @@ def connect(root: str | Path, run_id: str | None = None) -> duckdb.DuckDBPyConne
     """An in-memory DuckDB connection (``_duckdb``) with the view ``catalog`` over every
     finished part (of run ``run_id`` only, if given: the others are never opened).
 
-    The view costs nothing to create: no part is opened until a query binds it, and then only
-    the columns the query names are read (side tables add ``run_id`` and ``candidate_id``)."""
+    Creating the view reads the parts' footers (their columns, unioned by name); DuckDB keeps
+    them for the connection's later queries, which read only the columns they name (side
+    tables add ``run_id`` and ``candidate_id``) and skip row groups by their statistics."""
     _require_parts(root, run_id)
     con = _duckdb()
+    con.execute("SET parquet_metadata_cache = true")  # footers read once per connection, not per query
     # Columns the view's SQL names but an old part may lack (``source`` before schema v2, a
     # rescored scorer's column): an empty SELECT of them, unioned by name, makes them exist
     # (null) without opening any part to find out which columns the parts have.
@@ -178,7 +180,11 @@ def connect(root: str | Path, run_id: str | None = None) -> duckdb.DuckDBPyConne
         f"SELECT * FROM read_parquet({_quoted_glob(root, run_id)}, union_by_name = true) "
         f"UNION ALL BY NAME SELECT {', '.join(extra)} WHERE false)"
     )
-    con.execute(f"CREATE VIEW {VIEW} AS {_label_join(root, _side_table_joins(root, parts))}")
+    try:
+        con.execute(f"CREATE VIEW {VIEW} AS {_label_join(root, _side_table_joins(root, parts))}")
+    except duckdb.Error as err:
+        con.close()
+        raise CatalogError(f"cannot read the catalog at {root}: {first_line(err)}") from None
     return con
 
 

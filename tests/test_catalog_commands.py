@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -15,8 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import invoke, run_shards
-from winnow.catalog.query import VIEW, connect, part_files, read_catalog
+from winnow.catalog.query import VIEW, CatalogError, connect, part_files, read_catalog
 from winnow.pipeline.config import Config
+from winnow.pipeline.regenerate import check_row
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 
@@ -147,6 +149,23 @@ def test_regenerate_checks_the_stored_hash(root, tmp_path):
         assert bad.exit_code == 1 and bad.stdout.startswith("mismatch:")
     finally:
         pq.write_table(original, part)
+
+
+def test_regenerate_reads_only_the_rows_it_needs(root):
+    """The row is found by predicate and, with a run, only that run's parts are opened: an
+    unreadable part of another run does not stop it (without a run every part is searched)."""
+    rows = read_catalog(root, "new")
+    kept = rows[rows["kept"]].iloc[0]
+    broken = root / "runs" / "broken" / "shard-00000.parquet"
+    broken.parent.mkdir()
+    broken.write_bytes(b"PAR1 not a part")
+    try:
+        check = check_row(root, kept["candidate_id"], "new")
+        assert check.match and (check.run_id, check.candidate_id) == ("new", kept["candidate_id"])
+        with pytest.raises(CatalogError, match="cannot read the catalog"):
+            check_row(root, kept["candidate_id"])
+    finally:
+        shutil.rmtree(broken.parent)
 
 
 def test_a_file_system_error_is_one_line_with_status_1(root, tmp_path):
