@@ -193,7 +193,42 @@ def layout(catalog: Path) -> dict:
     return {"rows": info.get("rows"), "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
 
 
+def _cell(found: dict | None) -> str:
+    """``seconds s / peak MB`` of one command's summary (killed and failed ones say so)."""
+    if found is None:
+        return "—"
+    if "killed" in found:
+        return f"killed: {found['killed']} (peak {found['peak_mb'] / 1024:.1f} GB)"
+    if "error" in found:
+        return "failed"
+    return f"{found['seconds']:.1f} s / {found['peak_mb']:,.0f} MB"
+
+
+def markdown(labels: list[str], scales: list[str]) -> str:
+    """The results of ``labels`` at ``scales`` as a Markdown table: one row per command, one
+    column per label and scale (median wall seconds / peak resident MB)."""
+    results = {label: json.loads((RESULTS / f"catalog-{label}.json").read_text()) for label in labels}
+    columns = [(label, scale) for scale in scales for label in labels]
+    names = list(dict.fromkeys(
+        name for r in results.values() for s in scales for name in r["scales"].get(s, {}).get("commands", {})
+    ))  # fmt: skip
+    lines = [
+        "| command | " + " | ".join(f"{label} {scale}" for label, scale in columns) + " |",
+        "| --- |" + " --- |" * len(columns),
+    ]
+    for name in names:
+        cells = [
+            _cell(results[label]["scales"].get(scale, {}).get("commands", {}).get(name))
+            for label, scale in columns
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["markdown"]:  # python -m bench.catalog_scale markdown before,after 1m,10m
+        print(markdown(sys.argv[2].split(","), sys.argv[3].split(",")))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--catalog", type=Path, required=True)
     parser.add_argument("--scale", required=True, help="key of this catalog in the results, e.g. 10m")
