@@ -252,7 +252,9 @@ def report_command(
     catalog: Annotated[Path, typer.Argument(help="catalog folder")] = DEFAULT_CATALOG,
     run: Annotated[str | None, typer.Option(help="only this run")] = None,
     out: Annotated[Path, typer.Option(help="HTML file to write")] = Path("report.html"),
-    max_prompts: Annotated[int, typer.Option(help="prompts shown with thumbnails")] = 200,
+    max_prompts: Annotated[
+        int, typer.Option(help="prompts shown with thumbnails; past it, a sample (the page says so)")
+    ] = 200,
 ) -> None:
     """One self-contained HTML page: run summary, score histograms, every candidate by prompt."""
     from winnow.catalog.report import write_report
