@@ -556,7 +556,9 @@ def initial_latents(
     noise, and the same image, on any device and in any batch.
     """
     unet = getattr(pipe, "unet", None)
-    if unet is None or "latents" not in inspect.signature(pipe.__call__).parameters:
+    if unet is None or not hasattr(pipe, "vae_scale_factor"):  # e.g. transformer pipelines
+        return None
+    if "latents" not in inspect.signature(pipe.__call__).parameters:
         return None
     # The pipelines draw in their prompt embeddings' dtype: the (last) text encoder's.
     encoder = getattr(pipe, "text_encoder_2", None) or getattr(pipe, "text_encoder", None) or unet
