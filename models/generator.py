@@ -260,14 +260,15 @@ def _tune(pipe, params: GeneratorParams):  # -> DiffusionPipeline
     if params.vae_slicing:
         pipe.vae.enable_slicing()
     if params.compile:
-        compile_pipeline(pipe)
+        # In place, so pipe.unet keeps its config and the pipeline keeps working unchanged.
+        pipe.unet.compile(fullgraph=True)
     return pipe
 
 
 @dataclass(frozen=True)
 class CompileRecipe:
-    """How ``torch.compile`` is applied to a pipeline; ``compile: true`` uses the defaults
-    (the UNet, one whole graph, inductor's default mode). ``bench/gpu.py`` measures others.
+    """How ``torch.compile`` is applied to a pipeline by ``compile_pipeline``: the recipes
+    ``bench/gpu.py`` measures (``compile: true`` compiles the UNet module whole, default mode).
 
     ``mode``: inductor's mode (``max-autotune``, ``max-autotune-no-cudagraphs``, ...; None =
     default). ``dynamic``: None lets PyTorch decide, False compiles one graph per shape.
@@ -286,7 +287,7 @@ class CompileRecipe:
     backend: str = "inductor"
 
 
-def compile_pipeline(pipe, recipe: CompileRecipe = CompileRecipe()) -> None:
+def compile_pipeline(pipe, recipe: CompileRecipe) -> None:
     """Compile ``pipe``'s UNet forward (and VAE decode) in place, as ``recipe`` says. The
     modules' ``__call__`` stays eager, so forward hooks on them run outside the graph and a
     hook never breaks it. Compilation happens at each new shape's first call."""
