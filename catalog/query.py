@@ -152,7 +152,9 @@ def _duckdb() -> duckdb.DuckDBPyConnection:
     spill = Path(tempfile.gettempdir()) / f"winnow-duckdb-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     threads = len(os.sched_getaffinity(0))
     config = {"memory_limit": MEMORY_LIMIT, "threads": threads, "temp_directory": str(spill)}
-    return duckdb.connect(config=config)
+    con = duckdb.connect(config=config)
+    con.execute("SET enable_progress_bar = false")  # never drawn over the command's own output
+    return con
 
 
 def _quoted_glob(root: str | Path, run_id: str | None = None) -> str:

@@ -60,44 +60,48 @@ def run_stats(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 def score_stats(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Per run and score column (every ``score_*`` plus ``combined_score``) and group (all,
     kept, rejected; by ``kept_final``): the statistics of ``describe`` (finite values;
-    ``nonfinite`` counts the rest), computed by DuckDB one score column at a time.
+    ``nonfinite`` counts the rest), computed by DuckDB one run at a time, so the values the
+    quantiles hold are one run's, whatever the catalog's size.
 
     Scores are in each scorer's own units (higher is better); a scorer that did not run for a
     run (its column is null there) is left out of that run.
     """
     columns = [*score_columns(_columns(con)), "combined_score"]
-    found = {}
-    for column in columns:
-        for rec in con.sql(_describe_sql(column)).df().to_dict("records"):
-            quantiles = rec.pop("q")
-            rec["p10"], rec["median"], rec["p90"] = quantiles if quantiles is not None else [math.nan] * 3
-            found[rec.pop("run_id"), column, rec.pop("group")] = rec
+    sql = _describe_sql(columns)
     records = []
-    for run_id in sorted({run for run, _, _ in found}):
-        for column in columns:
-            if found.get((run_id, column, "all"), {}).get("present", 0) == 0:
+    for (run_id,) in con.sql(f"SELECT DISTINCT run_id FROM {VIEW} ORDER BY run_id").fetchall():
+        groups = {group: found for group, *found in con.execute(sql, {"run": run_id}).fetchall()}
+        for i, column in enumerate(columns):
+            if groups["all"][i]["present"] == 0:
                 continue  # every value null (or NaN): the scorer did not run here
             for group in GROUPS:
-                values = found.get((run_id, column, group)) or _empty()
-                stats = {k: values[k] for k in STATS}
+                found = groups[group][i] if group in groups else _empty()
+                p10, median, p90 = found.pop("q", None) or (None, None, None)
+                found |= {"p10": p10, "median": median, "p90": p90}
+                stats = {k: math.nan if found[k] is None else found[k] for k in STATS}
                 records.append({"run_id": run_id, "score": column, "group": group, **stats})
     table = pd.DataFrame.from_records(records, columns=["run_id", "score", "group", *STATS])
     return table.astype({"count": "int64", "nonfinite": "int64"})
 
 
-def _describe_sql(column: str) -> str:
-    """SQL for ``describe``'s statistics of ``column`` per run and group (``all`` and, by
-    ``kept_final``, ``kept``/``rejected``), plus ``present``: the values neither null nor NaN."""
-    finite = "FILTER (WHERE isfinite(v))"  # null is not finite either: the filter drops it
+def _describe_sql(columns: list[str]) -> str:
+    """SQL for ``describe``'s statistics of each of ``columns`` (a struct each, ``q`` the
+    p10/median/p90 list) per group (``all`` and, by ``kept_final``, ``kept``/``rejected``) of
+    the run ``$run``, plus ``present``: the values neither null nor NaN."""
+    inner, structs = [], []
+    for i, column in enumerate(columns):
+        v, f = f"v{i}", f"f{i}"  # the value, and the value where finite (null otherwise)
+        inner.append(f'"{column}"::DOUBLE AS {v}, CASE WHEN isfinite({v}) THEN {v} END AS {f}')
+        structs.append(
+            f"struct_pack(count := count({f}), nonfinite := count(*) - count({f}), mean := avg({f}), "
+            f"std := stddev_pop({f}), min := min({f}), max := max({f}), "
+            # quantile_cont interpolates linearly between order statistics, as pandas' quantile
+            f"q := quantile_cont({f}, [0.1, 0.5, 0.9]), present := count({v}) FILTER (WHERE NOT isnan({v})))"
+        )
     return (
-        "SELECT run_id, CASE WHEN grouping(kept) = 1 THEN 'all' WHEN kept THEN 'kept' ELSE 'rejected' END "
-        f'AS "group", count(v) {finite} AS count, count(*) - count(v) {finite} AS nonfinite, '
-        f"avg(v) {finite} AS mean, stddev_pop(v) {finite} AS std, min(v) {finite} AS min, "
-        # quantile_cont interpolates linearly between order statistics, as pandas' quantile
-        f"quantile_cont(v, [0.1, 0.5, 0.9]) {finite} AS q, max(v) {finite} AS max, "
-        "count(v) FILTER (WHERE NOT isnan(v)) AS present "
-        f'FROM (SELECT run_id, coalesce(kept_final, false) AS kept, "{column}"::DOUBLE AS v FROM {VIEW}) '
-        "GROUP BY GROUPING SETS ((run_id), (run_id, kept))"
+        "SELECT CASE WHEN grouping(kept) = 1 THEN 'all' WHEN kept THEN 'kept' ELSE 'rejected' END, "
+        f"{', '.join(structs)} FROM (SELECT coalesce(kept_final, false) AS kept, {', '.join(inner)} "
+        f"FROM {VIEW} WHERE run_id = $run) GROUP BY GROUPING SETS ((), (kept))"
     )
 
 
