@@ -57,7 +57,6 @@ ROW_GROUP_ROWS = 122_880  # DuckDB's row group size: readers skip whole groups b
 FILE_ROWS = 8 * ROW_GROUP_ROWS  # at most ~1M rows per compacted file
 MEMORY_LIMIT = "1GB"  # DuckDB's sort spills to disk past this
 _PART = re.compile(r"^shard-(.+)\.parquet$")
-_COMPACTED = re.compile(r"^compacted-\d{5}\.parquet$")
 _WORK_NAME = re.compile(r"^.+\.(\d+)\.\d+(?:\.spill)?$")  # <run>.<pid>.<thread id>[.spill]
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
@@ -99,33 +98,27 @@ def read_state(run_dir: Path) -> dict | None:
 
 
 def compacted_counts(run_dir: Path) -> dict[str, tuple[int, int]]:
-    """shard id -> (rows, kept) of the run's compacted rows (empty if not compacted)."""
+    """shard id -> (rows, kept) of each shard in the run's compacted files (empty if the run
+    is not compacted). Read once per compaction, for a resume's many shards."""
     try:
-        stamp = (run_dir / STATE).stat().st_mtime_ns
+        found = (run_dir / STATE).stat()
     except FileNotFoundError:
         return {}
-    return _counts(str(run_dir), stamp)
+    return _counts(str(run_dir), (found.st_ino, found.st_mtime_ns))
 
 
 @lru_cache(maxsize=16)
-def _counts(run_dir: str, stamp: int) -> dict[str, tuple[int, int]]:
-    """``compacted_counts`` of one version of the state file (``stamp``: its mtime)."""
-    state = read_state(Path(run_dir)) or {"files": []}
+def _counts(run_dir: str, version: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """``compacted_counts`` of one state file (``version``: its inode and mtime)."""
+    state = read_state(Path(run_dir)) or {"shards": [], "files": []}
     files = [str(Path(run_dir) / name) for name in state["files"]]
-    if not files:
-        return {}
-    rows = pq.ParquetDataset(files).read(columns=["shard_id", "kept"])
-    rows = rows.set_column(1, "kept", pc.cast(pc.fill_null(rows["kept"], False), pa.int64()))
-    groups = rows.group_by("shard_id").aggregate([("kept", "count"), ("kept", "sum")])
-    return {
-        s: (n, k)
-        for s, n, k in zip(
-            groups["shard_id"].to_pylist(),
-            groups["kept_count"].to_pylist(),
-            groups["kept_sum"].to_pylist(),
-            strict=True,
-        )
-    }
+    counts = {}
+    if files:
+        rows = pq.ParquetDataset(files).read(columns=["shard_id", "kept"])
+        rows = rows.set_column(1, "kept", pc.cast(pc.fill_null(rows["kept"], False), pa.int64()))
+        groups = rows.group_by("shard_id").aggregate([("kept", "count"), ("kept", "sum")]).to_pylist()
+        counts = {g["shard_id"]: (g["kept_count"], g["kept_sum"]) for g in groups}
+    return {shard: counts.get(shard, (0, 0)) for shard in state["shards"]}
 
 
 def is_compacted(part: Path) -> bool:
@@ -162,6 +155,8 @@ def why_not(root: Path, run_id: str) -> str | None:
     if state and not parts:
         return "already compacted"
     planned = planned_shards(manifest.prompts.prompts, shard_size)
+    if not planned:
+        return "no prompts"
     missing = set(planned) - done - parts
     if missing:
         return f"unfinished ({len(planned) - len(missing)} of {len(planned)} shards written)"
