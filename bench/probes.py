@@ -3,7 +3,7 @@ the device ran.
 
 - ``CallProbe`` times the phases of every pipeline call (text encoding, latent set-up, UNet,
   scheduler, VAE decode, the pipeline's post-processing) on the device's timeline (CUDA events;
-  ``time.perf_counter`` on a CPU), the host work winnow does after each call (scoring, the
+  ``time.perf_counter`` on a CPU), the work winnow does after each call (scoring, the
   device-to-host copy, PNG and Parquet writes) and the device's idle time between calls, and
   counts UNet evaluations with a forward hook.
 - ``kernel_classes`` sums a profile's kernel times by class (conv, GEMM, attention, norm,
@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-# Phases timed on the device's timeline, in call order, then the host's work after a call.
+# Phases timed on the device's timeline, in call order, then the work after a call (scoring
+# and the device-to-host copy on the device's timeline, the writes in host seconds).
 DEVICE_PHASES = ("text_encoding", "latents", "unet", "scheduler", "vae_decode", "postprocess")
 HOST_PHASES = ("scoring", "to_host", "png", "parquet")
 
@@ -92,8 +93,8 @@ class CallProbe:
         patches = [
             (generator.Generator, "_call", self._wrap_call(generator.Generator._call)),
             (generator, "initial_latents", self._wrap_device(generator.initial_latents, "latents")),
-            (engine.Shard, "score", self._wrap_host(engine.Shard.score, "scoring")),
-            (source, "encoders", self._wrap_host(source.encoders, "to_host")),
+            (engine.Shard, "score", self._wrap_device(engine.Shard.score, "scoring")),
+            (source, "encoders", self._wrap_device(source.encoders, "to_host")),
             (engine.Shard, "_write", self._wrap_host(engine.Shard._write, "png")),  # encode + write
             (shard, "write_part", self._wrap_host(shard.write_part, "parquet")),
             (pipe.vae, "decode", self._wrap_decode(pipe.vae.decode)),
@@ -157,8 +158,11 @@ class CallProbe:
         def timed(*args: Any, **kwargs: Any) -> Any:
             start = self.clock.mark()
             out = fn(*args, **kwargs)
-            if self.current is not None:
-                self.current.spans.append((phase, start, self.clock.mark()))
+            call = self.current
+            if call is not None:
+                # Scoring inside a call is pruning's judge: part of the call, not after it.
+                name = "prune_scoring" if phase == "scoring" and call.end is None else phase
+                call.spans.append((name, start, self.clock.mark()))
             return out
 
         return timed
@@ -188,8 +192,10 @@ class CallProbe:
         return timed
 
     def per_call(self) -> list[dict[str, float]]:
-        """Per finished call: milliseconds per phase, the call's device span (``pipeline``),
-        the device's idle time before the next call (``gpu_idle``; None after the last) and
+        """Per finished call: milliseconds per phase (the device's for ``DEVICE_PHASES``,
+        scoring and the device-to-host copy; the host's for the PNG and Parquet writes), the
+        call's device span (``pipeline``), the device's idle time before the next call
+        (``gpu_idle``: the gap less the scoring and copies in it; None after the last), and
         the UNet's evaluations and rows. Synchronizes the device first."""
         if self.clock.cuda:
             torch.cuda.synchronize()
@@ -197,9 +203,9 @@ class CallProbe:
         out = []
         calls = [c for c in self.calls if c.end is not None]
         for k, call in enumerate(calls):
-            row = dict.fromkeys(DEVICE_PHASES, 0.0)
+            row = dict.fromkeys((*DEVICE_PHASES, *HOST_PHASES), 0.0)
             for phase, start, end in call.spans:
-                row[phase] += ms(start, end)
+                row[phase] = row.get(phase, 0.0) + ms(start, end)
             row["unet"] = sum(ms(s, e) for s, e in call.unet_marks)
             # Between UNet evaluations: guidance arithmetic, the scheduler's step, callbacks;
             # after the last one, its step up to the VAE decode.
@@ -210,9 +216,12 @@ class CallProbe:
             row["scheduler"] = sum(gaps)
             last = next((e for p, s, e in reversed(call.spans) if p == "vae_decode"), None)
             row["postprocess"] = ms(last, call.end) if last is not None else 0.0
-            row |= {phase: 1e3 * call.host_s.get(phase, 0.0) for phase in HOST_PHASES}
+            row |= {phase: 1e3 * seconds for phase, seconds in call.host_s.items()}
             row["pipeline"] = ms(call.start, call.end)
-            row["gpu_idle"] = ms(call.end, calls[k + 1].start) if k + 1 < len(calls) else None
+            row["gpu_idle"] = None
+            if k + 1 < len(calls):  # the gap to the next call less the device's work in it
+                busy = row["scoring"] + row["to_host"]
+                row["gpu_idle"] = max(0.0, ms(call.end, calls[k + 1].start) - busy)
             row |= {
                 "unet_evals": len(marks),
                 "unet_rows": call.unet_rows,
