@@ -255,9 +255,10 @@ def rows_where(
 ) -> pa.Table:
     """The view's rows meeting every SQL condition (``where``: the user's; ``run_id``: one run),
     ordered by ``order`` (catalog order by default). With ``run_id`` only that run's parts are
-    opened."""
+    opened (a run without parts has no rows, as any condition that matches none)."""
     conditions = [*conditions, *([f"({where})"] if where else [])]
     if run_id:
         conditions.append(f"run_id = {sql_string(run_id)}")
     clause = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    return query(root, f"SELECT * FROM {VIEW} {clause} ORDER BY {order}", run_id)
+    only = run_id if run_id and _has_parts(root, run_id) else None
+    return query(root, f"SELECT * FROM {VIEW} {clause} ORDER BY {order}", only)
