@@ -76,7 +76,7 @@ def test_score_folder_with_sidecars(make_config, tmp_path):
     )
     assert exported.exit_code == 0 and "exported 3 samples" in exported.output
     assert len(list((tmp_path / "k" / "train" / "1_winnow").glob("*.jpg"))) == 1
-    assert render(rows, root).count("<img ") == 3
+    assert render(root).count("<img ") == 3
 
 
 def test_prompts_from_csv_and_filename(tmp_path):
