@@ -6,6 +6,7 @@ query names."""
 from __future__ import annotations
 
 import re
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -203,3 +204,26 @@ def test_report_samples_past_its_limit_and_says_so(root):
     finite = np.isfinite(b["score_clip_score"].astype(float))
     assert sum(int(n) for colour, n in bars if colour == "#2a9d4b") == (finite & kept).sum()
     assert sum(int(n) for colour, n in bars if colour != "#2a9d4b") == (finite & ~kept).sum()
+
+
+def read_stats(catalog: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    with connect(catalog) as con:
+        return run_stats(con), score_stats(con)
+
+
+def test_a_compacted_run_reads_the_same(root, tmp_path):
+    """The compacted layout (a run's parts as one file sorted by prompt) gives the same stats,
+    prompt ids and report as the parts."""
+    copy = tmp_path / "catalog"
+    shutil.copytree(root, copy)
+    parts = sorted((copy / "runs" / "a").glob("*.parquet"))
+    rows = pa.concat_tables([pq.read_table(p) for p in parts])
+    rows = rows.sort_by([("prompt_id", "ascending"), ("candidate_index", "ascending")])
+    pq.write_table(rows, copy / "runs" / "a" / "compacted-00000.parquet", row_group_size=100)
+    for part in parts:
+        part.unlink()
+    for was, now in zip(read_stats(root), read_stats(copy), strict=True):
+        pd.testing.assert_frame_equal(was, now)
+    assert prompt_ids(copy, except_run="b") == prompt_ids(root, except_run="b")
+    page = render(copy, max_prompts=7).replace(str(copy), "")
+    assert page == render(root, max_prompts=7).replace(str(root), "")
