@@ -4,8 +4,9 @@
     shapes       per keep (2, 4) and threshold: the share of kept pairs of a prompt whose
                  stored embeddings have cosine >= the threshold, and the kept set's oracle
                  adherence, without and with ``select.dedup`` (one generation, selected twice
-                 from the catalog's scores and stored embeddings); and the cosine
-                 distribution of all candidate pairs within a prompt
+                 from the catalog's scores and stored embeddings); at keep 2 also with
+                 ``select.dedup.phash`` (8 and 16 bits, hashes of the saved images); and the
+                 cosine and pHash distance distributions of all candidate pairs within a prompt
     injected     the same prompts and seeds in a second run: share of its kept rows that
                  ``winnow dedup`` marks duplicates of the first run's
     synthetic    1M 768-d L2-normalised embeddings in clusters (within-cluster cosine ~0.75)
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 from PIL import Image
 
@@ -41,11 +43,13 @@ from winnow.models.shapes.world import all_captions
 from winnow.pipeline.config import Config
 from winnow.pipeline.prompts import read_prompts
 from winnow.pipeline.shard import plan_shards, process_shard
+from winnow.scoring.phash import perceptual_hashes
 from winnow.scoring.select import Dedup, Policy, select
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "dedup.json"
 THRESHOLDS = (0.95, 0.97, 0.98, 0.99)
+PHASH = (8, 16)  # bits of 64, with keep 2
 
 
 def _run(config: Config, run_id: str, prompt_file: Path, limit: int | None = None) -> None:
@@ -81,30 +85,29 @@ def shapes(workdir: Path, n: int, injected: int) -> dict:
     found, x = load(root, zip(rows["run_id"], rows["shard_id"], rows["candidate_id"], strict=True))
     assert found.all()
     x = x.astype(np.float32)
-    right = np.array(
-        [
-            oracle.adherence(np.asarray(Image.open(root / p).convert("RGB")), t)
-            for p, t in zip(rows["image_path"], rows["prompt"], strict=True)
-        ]
-    )
+    pixels = [np.asarray(Image.open(root / p).convert("RGB")) for p in rows["image_path"]]
+    right = np.array([oracle.adherence(img, t) for img, t in zip(pixels, rows["prompt"], strict=True)])
+    hashes = perceptual_hashes(torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2) / 255)
     groups = rows["prompt_id"].to_numpy()
     scores = {c.removeprefix("score_"): rows[c].to_numpy() for c in rows.columns if c.startswith("score_")}
     ids = rows["candidate_id"].tolist()
-    within = [
-        float(x[a] @ x[b])
-        for g in np.unique(groups)
-        for a, b in itertools.combinations(np.flatnonzero(groups == g), 2)
+    pairs = [
+        (a, b) for g in np.unique(groups) for a, b in itertools.combinations(np.flatnonzero(groups == g), 2)
     ]
+    within = [float(x[a] @ x[b]) for a, b in pairs]
+    bits = [int((hashes[a] != hashes[b]).sum()) for a, b in pairs]
     table = []
-    for keep in (2, 4):
+    for keep, phash in [(2, None), *((2, b) for b in PHASH), (4, None)]:
         plain = Policy(keep=keep, weights=config.select.weights)
         before = select(scores, groups, plain)
         for cosine in THRESHOLDS:
-            after = select(scores, groups, plain.model_copy(update={"dedup": Dedup(cosine=cosine)}), x, ids)
+            dedup = Dedup(cosine=cosine, phash=phash)
+            after = select(scores, groups, plain.model_copy(update={"dedup": dedup}), x, ids, hashes)
             table.append(
                 {
                     "keep": keep,
                     "cosine": cosine,
+                    "phash": phash,
                     "pairs_above_before": _kept_pairs_above(before.kept, groups, x, cosine),
                     "pairs_above_after": _kept_pairs_above(after.kept, groups, x, cosine),
                     "adherence_before": float(right[before.kept].mean()),
@@ -131,6 +134,10 @@ def shapes(workdir: Path, n: int, injected: int) -> dict:
         "within_prompt_cosine": {
             q: float(np.quantile(within, p))
             for q, p in (("p10", 0.1), ("median", 0.5), ("p90", 0.9), ("p99", 0.99))
+        },
+        "within_prompt_phash_bits": {
+            q: float(np.quantile(bits, p))
+            for q, p in (("p1", 0.01), ("p10", 0.1), ("median", 0.5), ("p90", 0.9))
         },
         "selection": table,
         "injected": {
