@@ -20,8 +20,10 @@ EXCEPTIONS = {
     ("*", "winnow.models.errors"),
     ("winnow.scoring", "winnow.models.sources"),
     ("winnow.catalog.manifest", "winnow.models.sources"),
-    # A detector that reads pixels sees the very bytes the catalog stores (the generator's rounding).
+    # Scorers that read pixels (a detector, the perceptual hash) see the very bytes the catalog
+    # stores (the generator's rounding).
     ("winnow.scoring.nudenet", "winnow.models.generator"),
+    ("winnow.scoring.phash", "winnow.models.generator"),
     # The bundled models are trained and evaluated with scoring's loaders: one loading path.
     ("winnow.models.shapes", "winnow.scoring"),
     # The config types a manifest is made from, for type checking only (under TYPE_CHECKING).
