@@ -55,7 +55,8 @@ STATE = "_compacted.json"
 WORK = ".compact"  # <catalog>/.compact/: new folders being built, old ones being deleted
 ROW_GROUP_ROWS = 122_880  # DuckDB's row group size: readers skip whole groups by statistics
 FILE_ROWS = 8 * ROW_GROUP_ROWS  # at most ~1M rows per compacted file
-MEMORY_LIMIT = "1GB"  # DuckDB's sort spills to disk past this
+MEMORY_LIMIT = "512MB"  # DuckDB's table and sort spill to disk past this
+FILES_PER_LOAD = 256  # parts read by one DuckDB scan
 _PART = re.compile(r"^shard-(.+)\.parquet$")
 _WORK_NAME = re.compile(r"^.+\.(\d+)\.\d+(?:\.spill)?$")  # <run>.<pid>.<thread id>[.spill]
 _RENAME_EXCHANGE = 2  # linux/fs.h
@@ -249,13 +250,23 @@ def _build(run_dir: Path, new: Path, spill: Path) -> tuple[int, int, list[str]]:
     new.mkdir(parents=True)  # .compact/ too: a compaction that ended may have removed it
     _link_side_files(run_dir, new, frozenset({STATE, *(p.name for p in _data_files(run_dir))}))
     spill.mkdir()
-    con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(spill)})
+    # A database file in the spill folder: its table and the sort spill to disk past
+    # MEMORY_LIMIT. Parts are loaded FILES_PER_LOAD at a time, so memory does not grow with
+    # their number (a scan holds every open file's reader until it ends).
+    con = duckdb.connect(
+        str(spill / "rows.duckdb"), config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(spill)}
+    )
     try:
-        listed = ", ".join("'" + str(p).replace("'", "''") + "'" for p in inputs)
-        columns = ", ".join('"' + n.replace('"', '""') + '"' for n in schema.names)
+        con.register("unified", schema.empty_table())
+        con.execute("CREATE TABLE loaded AS SELECT * FROM unified")  # the parts' columns and types
+        con.unregister("unified")
+        for start in range(0, len(inputs), FILES_PER_LOAD):
+            chunk = inputs[start : start + FILES_PER_LOAD]
+            listed = ", ".join("'" + str(p).replace("'", "''") + "'" for p in chunk)
+            scan = f"read_parquet([{listed}], union_by_name = true)"
+            con.execute(f"INSERT INTO loaded BY NAME SELECT * FROM {scan}")
         sorted_rows = con.sql(
-            f"SELECT {columns} FROM read_parquet([{listed}], union_by_name = true) "
-            "ORDER BY prompt_id, candidate_index, shard_id, candidate_id"
+            "SELECT * FROM loaded ORDER BY prompt_id, candidate_index, shard_id, candidate_id"
         ).to_arrow_reader(ROW_GROUP_ROWS)
         files, rows, shards = _write_files(sorted_rows, schema, new)
     finally:
