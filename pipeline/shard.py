@@ -4,7 +4,7 @@ Plain functions, no Prefect: the ``curate`` flow maps ``process_shard`` over Pre
 
 A shard is a fixed group of prompts (one task, one Parquet part). Its id is its position in
 the prompt list, so re-running the same run plans the same shards, and a shard whose part
-already exists is complete and skipped.
+already exists (or that the run's ``_compacted.json`` lists) is complete and skipped.
 """
 
 from __future__ import annotations
