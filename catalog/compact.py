@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import json
 import math
 import os
@@ -377,6 +376,8 @@ def _locked(manifest: Path) -> Iterator[bool]:
     """An exclusive ``flock`` on the run's manifest (yields False if it has none): compactions of
     one run, in threads or processes, take turns. The manifest is hard-linked into the new
     folder, so the lock is the same file before and after the swap, and no lock file is left."""
+    import fcntl  # POSIX only; elsewhere compaction fails (one line), resume still works
+
     try:
         fd = os.open(manifest, os.O_RDONLY)
     except FileNotFoundError:
