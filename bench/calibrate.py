@@ -43,7 +43,7 @@ DEMO = Policy(keep=2, weights={"clip_score": 1.0, "aesthetic": 0.5})
 CLIP_ONLY = Policy(keep=2, weights={"clip_score": 1.0, "aesthetic": 0.0})
 SIZES = [5, 10, 20, 40, None]  # labelled training prompt runs (None: all)
 DRAWS = 20
-HEAD_DRAWS = 5  # a head trains in seconds, a fit in milliseconds: fewer draws keep the bench short
+HEAD_DRAWS = 10  # a head trains in about a second, a fit in milliseconds: fewer draws keep the bench short
 HEAD_POLICIES = {  # weights over the trained head's score and clip_score
     "head_alone": {"head": 1.0, "clip_score": 0.0},
     "clip_score_plus_half_head": {"head": 0.5, "clip_score": 1.0},
