@@ -186,7 +186,7 @@ def connect(root: str | Path, run_id: str | None = None) -> duckdb.DuckDBPyConne
         con.execute(f"CREATE VIEW {VIEW} AS {_label_join(root, _side_table_joins(root, parts))}")
     except duckdb.Error as err:
         con.close()
-        raise CatalogError(f"cannot read the catalog at {root}: {first_line(err)}") from None
+        raise _failed(err, f"cannot read the catalog at {root}") from None
     return con
 
 
@@ -236,12 +236,31 @@ def _label_join(root: str | Path, rows: str) -> str:
 
 def query(root: str | Path, sql: str, run_id: str | None = None) -> pa.Table:
     """Run ``sql`` (which may name the view ``catalog``, over run ``run_id`` only if given) and
-    return the result as Arrow."""
+    return the result as Arrow. A query that finds a part gone (its run was compacted between
+    listing the files and reading them: ``winnow.catalog.compact``) runs once more, over the
+    compacted files."""
+    try:
+        return _query_once(root, sql, run_id)
+    except _PartGoneError:
+        return _query_once(root, sql, run_id)
+
+
+class _PartGoneError(CatalogError):
+    """A part listed by a query was gone when it was read."""
+
+
+def _failed(err: duckdb.Error, what: str) -> CatalogError:
+    """The one-line error of DuckDB's ``err`` (``_PartGoneError`` for a vanished part)."""
+    gone = isinstance(err, duckdb.IOException) and "No such file" in str(err)
+    return (_PartGoneError if gone else CatalogError)(f"{what}: {first_line(err)}")
+
+
+def _query_once(root: str | Path, sql: str, run_id: str | None) -> pa.Table:
     con = connect(root, run_id)
     try:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as err:
-        raise CatalogError(f"query failed: {first_line(err)}") from None
+        raise _failed(err, "query failed") from None
     finally:
         con.close()
 
