@@ -195,19 +195,21 @@ def layout(catalog: Path) -> dict:
 
 
 def _cell(found: dict | None) -> str:
-    """``seconds s / peak MB`` of one command's summary (killed and failed ones say so)."""
+    """``wall s (CPU s) / peak MB`` of one command's summary (medians; killed and failed ones
+    say so)."""
     if found is None:
         return "—"
     if "killed" in found:
         return f"killed: {found['killed']} (peak {found['peak_mb'] / 1024:.1f} GB)"
     if "error" in found:
         return "failed"
-    return f"{found['seconds']:.1f} s / {found['peak_mb']:,.0f} MB"
+    cpu = statistics.median(r["cpu_seconds"] for r in found["runs"])
+    return f"{found['seconds']:.1f} s ({cpu:.1f} CPU s) / {found['peak_mb']:,.0f} MB"
 
 
 def markdown(labels: list[str], scales: list[str]) -> str:
     """The results of ``labels`` at ``scales`` as a Markdown table: one row per command, one
-    column per label and scale (median wall seconds / peak resident MB)."""
+    column per label and scale (median wall and CPU seconds / peak resident MB)."""
     results = {label: json.loads((RESULTS / f"catalog-{label}.json").read_text()) for label in labels}
     columns = [(label, scale) for scale in scales for label in labels]
     names = list(dict.fromkeys(
@@ -226,9 +228,40 @@ def markdown(labels: list[str], scales: list[str]) -> str:
     return "\n".join(lines)
 
 
+def scaling(label: str, target: float = 1e8) -> str:
+    """Per command of ``label``: median wall seconds and peak MB at each measured scale, the
+    exponent b of seconds ~ rows^b fitted (least squares, log-log) over those scales, and the
+    seconds and peak MB that it and the largest scale's memory growth give at ``target`` rows."""
+    import numpy as np
+
+    results = json.loads((RESULTS / f"catalog-{label}.json").read_text())["scales"]
+    scales = sorted(results, key=lambda s: results[s]["layout_start"]["rows"])
+    rows = np.array([results[s]["layout_start"]["rows"] for s in scales], dtype=float)
+    lines = [
+        f"| command | {' | '.join(scales)} | exponent | {target / 1e6:.0f}M estimate |",
+        "| --- |" + " --- |" * (len(scales) + 2),
+    ]
+    for name in results[scales[-1]]["commands"]:
+        found = [results[s]["commands"].get(name) for s in scales]
+        if any(f is None or "killed" in f or "error" in f for f in found):
+            continue
+        seconds = np.array([f["seconds"] for f in found])
+        peak = np.array([f["peak_mb"] for f in found])
+        b, a = np.polyfit(np.log(rows), np.log(seconds), 1)
+        # memory: the last two scales' growth per row, carried on linearly
+        per_row = (peak[-1] - peak[-2]) / (rows[-1] - rows[-2])
+        cells = [f"{s:.1f} s / {m:,.0f} MB" for s, m in zip(seconds, peak, strict=True)]
+        estimate = f"{np.exp(a) * target**b:.0f} s / {peak[-1] + per_row * (target - rows[-1]):,.0f} MB"
+        lines.append(f"| {name} | {' | '.join(cells)} | {b:.2f} | {estimate} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     if sys.argv[1:2] == ["markdown"]:  # python -m bench.catalog_scale markdown before,after 1m,10m
         print(markdown(sys.argv[2].split(","), sys.argv[3].split(",")))
+        return
+    if sys.argv[1:2] == ["scaling"]:  # python -m bench.catalog_scale scaling after
+        print(scaling(sys.argv[2]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--catalog", type=Path, required=True)
