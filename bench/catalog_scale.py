@@ -229,30 +229,38 @@ def markdown(labels: list[str], scales: list[str]) -> str:
 
 
 def scaling(label: str, target: float = 1e8) -> str:
-    """Per command of ``label``: median wall seconds and peak MB at each measured scale, the
-    exponent b of seconds ~ rows^b fitted (least squares, log-log) over those scales, and the
-    seconds and peak MB that it and the largest scale's memory growth give at ``target`` rows."""
+    """Per command of ``label``: median wall and CPU seconds and peak MB at each measured scale,
+    a line ``seconds = start-up + rows x cost per row`` fitted (least squares) to the CPU
+    seconds, and what that line and the peak memory's growth per row between the two largest
+    scales give at ``target`` rows. A cost per row that comes out at or below zero (no growth
+    measurable under the load's noise) is shown as flat and extrapolates to the start-up."""
     import numpy as np
 
     results = json.loads((RESULTS / f"catalog-{label}.json").read_text())["scales"]
     scales = sorted(results, key=lambda s: results[s]["layout_start"]["rows"])
     rows = np.array([results[s]["layout_start"]["rows"] for s in scales], dtype=float)
     lines = [
-        f"| command | {' | '.join(scales)} | exponent | {target / 1e6:.0f}M estimate |",
+        f"| command | {' | '.join(scales)} | CPU s per 1M rows | {target / 1e6:.0f}M estimate (CPU s / MB) |",
         "| --- |" + " --- |" * (len(scales) + 2),
     ]
     for name in results[scales[-1]]["commands"]:
         found = [results[s]["commands"].get(name) for s in scales]
         if any(f is None or "killed" in f or "error" in f for f in found):
             continue
-        seconds = np.array([f["seconds"] for f in found])
+        cpu = np.array([statistics.median(r["cpu_seconds"] for r in f["runs"]) for f in found])
         peak = np.array([f["peak_mb"] for f in found])
-        b, a = np.polyfit(np.log(rows), np.log(seconds), 1)
-        # memory: the last two scales' growth per row, carried on linearly
-        per_row = (peak[-1] - peak[-2]) / (rows[-1] - rows[-2])
-        cells = [f"{s:.1f} s / {m:,.0f} MB" for s, m in zip(seconds, peak, strict=True)]
-        estimate = f"{np.exp(a) * target**b:.0f} s / {peak[-1] + per_row * (target - rows[-1]):,.0f} MB"
-        lines.append(f"| {name} | {' | '.join(cells)} | {b:.2f} | {estimate} |")
+        per_row, start = np.polyfit(rows, cpu, 1)
+        per_row = max(per_row, 0.0)
+        start = start if per_row > 0 else cpu.mean()
+        memory = peak[-1] + max((peak[-1] - peak[-2]) / (rows[-1] - rows[-2]), 0.0) * (target - rows[-1])
+        cells = [
+            f"{f['seconds']:.1f} s ({c:.1f} CPU s) / {m:,.0f} MB"
+            for f, c, m in zip(found, cpu, peak, strict=True)
+        ]
+        growth = f"{per_row * 1e6:.2f}" if per_row > 0 else "flat"
+        lines.append(
+            f"| {name} | {' | '.join(cells)} | {growth} | {start + per_row * target:.0f} / {memory:,.0f} |"
+        )
     return "\n".join(lines)
 
 
