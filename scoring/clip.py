@@ -22,11 +22,9 @@ A config declares each CLIP once, by name, in its top-level ``clip`` section; a 
 ``clip`` setting (a ``ClipRef``) is such a name, or an inline spec. Scorers that name the same
 CLIP (or give equal inline specs) share one loaded model and one image embedding per batch.
 
-Embeddings are float32, L2-normalised, on the scoring device; the shared image embedding
-(``image_embeddings``) is also rounded to float16 values, as the catalog stores it. Images are
-preprocessed as tensors on the device, batched, replicating open_clip's inference transform
-(resize with the model's interpolation and resize mode, center crop, normalise with the
-model's mean/std).
+Embeddings are float32, L2-normalised, on the scoring device. Images are preprocessed as
+tensors on the device, batched, replicating open_clip's inference transform (resize with the
+model's interpolation and resize mode, center crop, normalise with the model's mean/std).
 
 ``open_clip`` is imported lazily: it costs seconds to import and most commands never score.
 """
@@ -407,16 +405,8 @@ def encode_texts(texts: list[str], spec: ClipSpec, device: torch.device | str) -
 
 
 def image_embeddings(batch: Candidates, spec: ClipSpec, device: torch.device | str) -> torch.Tensor:
-    """The batch's (n, d) L2-normalised image embeddings, computed once per batch and spec,
-    rounded to float16 values (float32 tensor)."""
-
-    def compute() -> torch.Tensor:
-        # The catalog stores this embedding as float16 (winnow.catalog.embeddings). Rounding it
-        # here, before any scorer sees it, makes every score of a run equal to what the stored
-        # embedding gives (winnow rescore), whether or not the run stores it.
-        return encode_images(batch.images, spec, device).half().float()
-
-    return batch.memo(("clip_image", spec), compute)
+    """The batch's (n, d) L2-normalised image embeddings, computed once per batch and spec."""
+    return batch.memo(("clip_image", spec), lambda: encode_images(batch.images, spec, device))
 
 
 def text_embeddings(batch: Candidates, spec: ClipSpec, device: torch.device | str) -> torch.Tensor:

@@ -71,11 +71,16 @@ class HeadScorer(Scorer):
 
     def score_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(n, d) float32 L2-normalised image embeddings of ``clip`` -> (n,) float32 CPU
-        scores on the scorer's scale. Loads the head if needed (cached), checking its width."""
+        scores on the scorer's scale. Loads the head if needed (cached), checking its width.
+
+        The head reads the embeddings rounded to float16 values, as the catalog stores them
+        (``winnow.catalog.embeddings``): a run's head scores are then exactly what ``winnow
+        rescore`` computes later from the stored embeddings, whether or not the run stored them."""
         self.check_width(embeddings.shape[1])
         head = self.heads.get(self.params.head, self.device)
+        stored = embeddings.half().float()
         with torch.inference_mode():
-            return head(embeddings.to(next(head.parameters()).device)).float().cpu()
+            return head(stored.to(next(head.parameters()).device)).float().cpu()
 
     def score(self, batch: Candidates) -> torch.Tensor:
         """The batch's scores, from its shared image embedding."""

@@ -170,7 +170,7 @@ def test_scorer_is_the_head_on_the_shared_normalised_embedding(
     got = nsfw.score(batch)
     assert calls == [5]  # one CLIP pass for both heads
     assert got.dtype == torch.float32 and got.device.type == "cpu" and got.shape == (5,)
-    # The shared embedding is rounded to float16, as the catalog stores it.
+    # Head scorers read the shared embedding rounded to float16, as the catalog stores it.
     embeddings = encode_images(images, tiny, CPU).half().double().numpy()
     np.testing.assert_allclose(got.numpy(), reference(state, embeddings), atol=1e-6, rtol=0)
     stored = torch.from_numpy(embeddings).float()  # what winnow rescore reads back
