@@ -170,7 +170,25 @@ def bench(catalog: Path, table: Path, scale: str, parquet: Path | None) -> None:
     save()
 
 
+def markdown(scale: str) -> str:
+    """The queries at ``scale`` as a Markdown table: wall s (CPU s) / peak MB per layout."""
+    entry = json.loads((RESULTS / "catalog-delta.json").read_text())["scales"][scale]
+    stages = [s for s in ("appended", "optimized", "parquet") if f"{s}/count_kept" in entry]
+    lines = ["| query | " + " | ".join(stages) + " |", "| --- |" + " --- |" * len(stages)]
+    for name in QUERIES:
+        cells = []
+        for stage in stages:
+            found = entry[f"{stage}/{name}"]
+            cpu = statistics.median(r["cpu_seconds"] for r in found["runs"])
+            cells.append(f"{found['seconds']:.2f} s ({cpu:.2f}) / {found['peak_mb']:,.0f} MB")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["markdown"]:  # python -m bench.catalog_delta markdown 10m
+        print(markdown(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="step")
     w = sub.add_parser("write")
