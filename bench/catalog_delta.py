@@ -16,7 +16,8 @@ Steps, each a subprocess measured as ``bench/catalog_scale.py`` measures winnow'
    ``--parquet``, the same SQL over ``read_parquet('<catalog>/runs/*/*.parquet')`` of that
    catalog (winnow's layout, without winnow's view and side tables) as the engine's baseline.
 
-Results are merged into ``bench/results/catalog-delta.json`` under the scale's key.
+Results are merged into ``bench/results/catalog-delta.json`` under the scale's key;
+``python -m bench.catalog_delta markdown 10m`` prints the queries as a table.
 """
 
 from __future__ import annotations

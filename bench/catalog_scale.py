@@ -20,6 +20,8 @@ with ``--compact``, ``catalog compact`` first (on the catalog given, so give it 
 copy: ``cp -al``); with ``--full-regenerate``, ``winnow regenerate`` end to end once.
 
 Results are merged into ``bench/results/catalog-<label>.json`` under the scale's key.
+``python -m bench.catalog_scale markdown before,after 1m,10m`` prints them as a table, and
+``python -m bench.catalog_scale scaling after`` fits their growth with rows (``scaling``).
 """
 
 from __future__ import annotations
