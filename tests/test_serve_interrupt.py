@@ -87,6 +87,8 @@ def test_signals_under_serve_end_the_flow_run_cleanly(make_config, tmp_path, pre
         wait_for(lambda: not registered().paused, "serving again resumes the schedule")
         again.signal(signal.SIGINT)
         again_rc, out, _ = again.wait(timeout=120)
-        # 130: the Ctrl-C came before its runner started, when nothing runs yet
-        assert again_rc in (0, 130) and not NOISE.search(out.replace("prefect deployment run", "")), out
+        # 130, or ended by the SIGINT itself (what a shell also shows as 130): the Ctrl-C came
+        # before its runner started, when nothing runs yet
+        assert again_rc in (0, 130, -signal.SIGINT), out
+        assert not NOISE.search(out.replace("prefect deployment run", "")), out
         print(f"serve: SIGTERM to a flow run: Crashed; Ctrl-C to serve: rc {rc}, {seconds:.1f} s, Cancelled")
