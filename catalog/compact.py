@@ -190,9 +190,19 @@ def compact_run(root: str | Path, run_id: str) -> Compaction:
             raise
         _fsync_dir(run_dir.parent)
         shutil.rmtree(new, ignore_errors=True)  # now the old folder (else the next compaction's)
+        _store_score_stats(root, run_id, run_dir)
     with contextlib.suppress(OSError):  # not empty: another compaction is under way
         work.rmdir()
     return Compaction(run_id, None, parts, len(files), rows, time.perf_counter() - began)
+
+
+def _store_score_stats(root: Path, run_id: str, run_dir: Path) -> None:
+    """Keep the compacted run's score statistics beside it (``winnow.catalog.stats``)."""
+    from winnow.catalog.stats import write_score_cache  # stats reads this module's state file
+
+    # A cache: if it cannot be written, `catalog stats` computes the run's statistics instead.
+    with contextlib.suppress(Exception):
+        write_score_cache(root, run_id, read_state(run_dir)["compacted_at"])
 
 
 def compact_finished(root: str | Path, run_id: str) -> str | None:

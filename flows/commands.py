@@ -65,7 +65,7 @@ def stats(
     from winnow.catalog.stats import run_stats, score_stats
 
     with one_line_errors(), connect(catalog, run) as con:
-        runs, scores = run_stats(con), score_stats(con)
+        runs, scores = run_stats(con), score_stats(con, catalog)
     if json_out:
         import json
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -23,10 +24,11 @@ import pytest
 import yaml
 
 from tests.helpers import invoke, run_shards
-from winnow.catalog import compact
+from winnow.catalog import compact, stats
 from winnow.catalog import query as query_module
 from winnow.catalog.compact import STATE, WORK, compact_run
 from winnow.catalog.embeddings import load
+from winnow.catalog.labels import Decision, write_labels
 from winnow.catalog.manifest import external_manifest, write_manifest
 from winnow.catalog.query import CatalogError, connect
 from winnow.catalog.schema import Row, candidate_id, table
@@ -113,7 +115,8 @@ def test_rows_are_the_same_before_and_after_in_sorted_files(catalog, monkeypatch
     state = json.loads((folder / STATE).read_text())
     assert state["shards"] == ["00000", "00001", "00002"] and state["rows"] == 15
     assert state["files"] == ["compacted-00000.parquet", "compacted-00001.parquet"]
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*state["files"], STATE, "_manifest.json"])
+    expected = [*state["files"], STATE, "_manifest.json", stats.CACHE]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(expected)
     first = pq.ParquetFile(folder / state["files"][0])
     assert first.metadata.num_rows == 8 and first.metadata.num_row_groups == 2
     assert first.metadata.row_group(0).column(0).compression == "ZSTD"
@@ -229,6 +232,31 @@ def test_a_query_that_finds_a_part_gone_runs_once_more(catalog, monkeypatch, mes
     else:
         assert query_module.query(catalog, "SELECT count(*) AS n FROM catalog")["n"].to_pylist() == [total]
     assert len(opened) == attempts
+
+
+def test_a_compacted_run_keeps_its_score_statistics_until_labels_or_a_rescore_touch_it(catalog):
+    with connect(catalog) as con:
+        computed = stats.score_stats(con)
+    list(compact.compact_catalog(catalog))
+    assert all((catalog / "runs" / run / stats.CACHE).exists() for run in ("a", "b", "mixed"))
+    with connect(catalog) as con:
+        pd.testing.assert_frame_equal(stats.score_stats(con, catalog), computed)
+
+    def doctor(run: str, **changes) -> None:  # so that reading the cache shows
+        path = catalog / "runs" / run / stats.CACHE
+        data = json.loads(path.read_bytes())
+        data["records"][0]["mean"] = 123.0
+        path.write_text(json.dumps(data | changes))
+
+    doctor("a")
+    with connect(catalog) as con:
+        assert stats.score_stats(con, catalog).query("run_id == 'a'")["mean"].iloc[0] == 123.0
+    doctor("b", compacted_at="an earlier compaction")  # a stale cache is not read
+    first = run_rows(catalog, "a").slice(0, 1).to_pylist()[0]
+    write_labels(catalog, [Decision("a", first["prompt_id"], first["candidate_id"], "reject")], "x")
+    with connect(catalog) as con:  # a's labels change its kept_final: computed afresh, as b
+        pd.testing.assert_frame_equal(stats.score_stats(con, catalog), stats.score_stats(con))
+        assert 123.0 not in stats.score_stats(con, catalog)["mean"].to_list()
 
 
 def test_runs_compact_at_the_same_time_in_threads_and_processes(catalog):
