@@ -169,7 +169,7 @@ def compact_run(root: str | Path, run_id: str) -> Compaction:
     began = time.perf_counter()
     root = Path(root)
     work = root / WORK
-    remove_leftovers(root)
+    _remove_leftovers(root)
     with _locked(manifest_path(root, run_id)) as locked:
         skipped = why_not(root, run_id) or (None if locked else "no run manifest")
         if skipped:
@@ -228,20 +228,17 @@ def compact_catalog(root: str | Path, run_id: str | None = None) -> Iterator[Com
         yield compact_run(root, run)
 
 
-def remove_leftovers(root: str | Path) -> list[Path]:
+def _remove_leftovers(root: Path) -> None:
     """Delete what killed compactions left in ``<root>/.compact/`` (folders of processes that
-    no longer run on this machine); return them."""
-    removed = []
+    no longer run on this machine)."""
     try:
-        entries = list((Path(root) / WORK).iterdir())
+        entries = list((root / WORK).iterdir())
     except FileNotFoundError:
-        return removed
+        return
     for path in entries:
         match = _WORK_NAME.match(path.name)
         if match and path.is_dir() and not alive(int(match[1])):
             shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
 
 
 def _build(run_dir: Path, new: Path, spill: Path) -> tuple[int, int, list[str]]:
